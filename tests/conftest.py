@@ -249,3 +249,15 @@ def pod_manifest(name: str, command: list[str], *, cpu: str | None = "100m", mem
         spec["nodeSelector"] = node_selector
     spec.update(extra)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With THINGDOER_REQUIRE_ALL_TIERS=1 (``make test``, CI), a skipped test fails the run:
+    a tier that should have run but did not is a failure, not a footnote."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if os.environ.get("THINGDOER_REQUIRE_ALL_TIERS") == "1" and skipped and exitstatus == 0:
+        reporter.write_line(f"{len(skipped)} test(s) skipped, but every tier must run here: "
+                            "see the skip reasons (pytest -rs)", red=True)
+        session.exitstatus = 1

@@ -238,3 +238,71 @@ def test_apply_reads_several_documents_from_stdin(cluster):
     assert applied.stdout.splitlines() == ["pod/one created", "pod/two created"]
     for name in ("one", "two"):
         cluster.wait_phase(name, "Succeeded")
+
+
+def test_a_missing_image_keeps_the_pod_pending_with_err_image_pull(cluster):
+    cluster.add_worker("node-a")
+    manifest = pod_manifest("noimage", ["true"])
+    manifest["spec"]["containers"][0]["image"] = "localhost/nothing:here"
+    cluster.apply(manifest)
+
+    def waiting():
+        statuses = cluster.client.get_pod("default", "noimage").status.containerStatuses or []
+        return statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason == "ErrImagePull" \
+            and statuses[0].state.waiting
+    reason = wait_until(waiting, what="ErrImagePull")
+    assert "localhost/nothing:here" in reason.message
+    assert cluster.client.get_pod("default", "noimage").status.phase == "Pending"
+
+
+def test_cli_get_watch_prints_the_pod_until_it_completes(cluster):
+    import queue
+    import threading
+
+    cluster.add_worker("node-a")
+    watch = subprocess.Popen([sys.executable, "-m", "thingdoer", "--server", cluster.server, "get", "pods", "-w"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout], daemon=True).start()
+    try:
+        cluster.apply(pod_manifest("watched", ["sh", "-c", "sleep 1"]))
+        seen = []
+        deadline = time.monotonic() + 60
+        while not any("Completed" in line for line in seen):
+            assert time.monotonic() < deadline, f"no Completed line in {seen}"
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                pass
+        rows = [line.split() for line in seen if line.startswith("watched")]
+        statuses = [row[2] for row in rows]
+        assert "Running" in statuses and statuses[-1] == "Completed"
+    finally:
+        watch.terminate()
+        watch.wait(10)
+
+
+
+def test_restart_policy_restarts_failing_containers_with_back_off(cluster):
+    """OnFailure: a failing container is started again and again (back-off 1 s, 2 s, ...); the
+    pod stays Running, and the status counts the restarts and keeps the last run's exit."""
+    cluster.add_worker("node-a")
+    cluster.apply(pod_manifest("flaky", ["sh", "-c", "echo run; exit 4"], restartPolicy="OnFailure"))
+
+    def restarted_twice():
+        pod = cluster.client.get_pod("default", "flaky")
+        statuses = pod.status.containerStatuses or []
+        return statuses and statuses[0].restartCount >= 2 and pod
+
+    pod = wait_until(restarted_twice, what="two restarts")
+    status = pod.status.containerStatuses[0]
+    assert pod.status.phase == "Running"
+    assert status.lastState.terminated.exitCode == 4
+    assert b"run" in b"".join(cluster.client.logs("default", "flaky"))
+
+
+def test_restart_policy_on_failure_lets_a_successful_container_end(cluster):
+    cluster.add_worker("node-a")
+    cluster.apply(pod_manifest("once", ["true"], restartPolicy="OnFailure"))
+    pod = cluster.wait_phase("once", "Succeeded")
+    assert pod.status.containerStatuses[0].restartCount == 0

@@ -211,7 +211,7 @@ class Api:
         objects, revision = await registry.list(prefix)
         objects = [o for o in objects if keep(o)]
         if _wants_table(request):
-            return JSONResponse(tables.table(kind, objects, resource_version=str(revision)))
+            return JSONResponse(_table(request, kind, objects, str(revision)))
         listed = list_model(items=objects)
         listed.metadata.resourceVersion = str(revision)
         return JSONResponse(listed.dump())
@@ -219,30 +219,36 @@ class Api:
     def _render(self, request: Request, kind: str, objects: list, revision: str | None,
                 *, single: bool = False) -> Response:
         if _wants_table(request):
-            return JSONResponse(tables.table(kind, objects, resource_version=revision or ""))
+            return JSONResponse(_table(request, kind, objects, revision or ""))
         return JSONResponse(objects[0].dump() if single else [o.dump() for o in objects])
 
-    async def _watch(self, request: Request, registry: Registry, prefix: str, kind: str,
-                     keep: Callable) -> AsyncIterator[bytes]:
+    def _watch(self, request: Request, registry: Registry, prefix: str, kind: str,
+               keep: Callable) -> AsyncIterator[bytes]:
         """Kubernetes watch: one JSON event per line. With no resourceVersion (or "0") the
-        current objects come first as ADDED, as the Kubernetes API server does."""
+        current objects come first as ADDED, as the Kubernetes API server does.
+
+        The query is checked here, before the stream starts: once the 200 and the first
+        bytes are out, a bad parameter can no longer be answered with a ``Status``."""
         as_table = _wants_table(request)
-        timeout = float(request.query_params.get("timeoutSeconds") or 0) or None
+        if as_table:
+            _include_object(request)
+        timeout = _seconds(request.query_params.get("timeoutSeconds"), "timeoutSeconds") or None
+        since = request.query_params.get("resourceVersion")
+        start = None if since in (None, "", "0") else _revision(since)
 
         def line(event_type: str, obj) -> bytes:
-            body = tables.table(kind, [obj], resource_version=obj.metadata.resourceVersion or "") \
+            body = _table(request, kind, [obj], obj.metadata.resourceVersion or "") \
                 if as_table else obj.dump()
             return json.dumps({"type": event_type, "object": body}).encode() + b"\n"
 
         async def events() -> AsyncIterator[bytes]:
-            since = request.query_params.get("resourceVersion")
-            if since in (None, "", "0"):
+            if start is None:
                 objects, revision = await registry.list(prefix)
                 for obj in objects:
                     if keep(obj):
                         yield line("ADDED", obj)
             else:
-                revision = _revision(since)
+                revision = start
             try:
                 async for event_type, obj, _ in registry.watch(prefix, revision):
                     if keep(obj):
@@ -251,7 +257,11 @@ class Api:
                 code, body = status_body(err)
                 yield json.dumps({"type": "ERROR", "object": body}).encode() + b"\n"
 
-        stream = events()
+        return self._until(events(), timeout)
+
+    @staticmethod
+    async def _until(stream: AsyncIterator[bytes], timeout: float | None) -> AsyncIterator[bytes]:
+        """Relay ``stream``, ending it after ``timeout`` seconds (the watch's timeoutSeconds)."""
         try:
             if timeout is None:
                 async for chunk in stream:
@@ -280,6 +290,32 @@ def _namespace(name: str) -> dict:
 
 def _wants_table(request: Request) -> bool:
     return TABLE_MEDIA in request.headers.get("accept", "")
+
+
+def _include_object(request: Request) -> str:
+    """What each Table row carries: ``includeObject`` = None, Metadata (default) or Object."""
+    include = request.query_params.get("includeObject") or "Metadata"
+    if include not in tables.INCLUDE_OBJECT:
+        raise BadRequest(f'includeObject: Unsupported value: "{include}": supported values: '
+                         + ", ".join(f'"{v}"' for v in tables.INCLUDE_OBJECT))
+    return include
+
+
+def _table(request: Request, kind: str, objects: list, resource_version: str) -> dict:
+    return tables.table(kind, objects, resource_version=resource_version,
+                        include_object=_include_object(request))
+
+
+def _seconds(text: str | None, what: str) -> int:
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadRequest(f'{what}: Invalid value: "{text}": must be a whole number of seconds >= 0')
+    return value
 
 
 def _revision(text: str) -> int:
@@ -316,8 +352,7 @@ def _handler(method: Callable) -> Callable:
         try:
             return await method(request)
         except ThingdoerError as err:
-            kind = "pods" if "/pods" in request.url.path else "nodes" if "/nodes" in request.url.path else ""
-            code, body = status_body(err, kind=kind, name=request.path_params.get("name", ""))
+            code, body = _status(err, request)
             return JSONResponse(body, status_code=code)
         except Exception as err:  # a bug: say so as a Status, log the traceback here
             log.exception("%s %s failed", request.method, request.url.path)
@@ -327,6 +362,35 @@ def _handler(method: Callable) -> Callable:
                                 status_code=500)
 
     return handle
+
+
+def _status(err: ThingdoerError, request: Request) -> tuple[int, dict]:
+    """The ``Status`` answer for ``err``, with the details kubectl prints.
+
+    Kubernetes names the resource ("pods") in ``details.kind`` for most errors, but the object's
+    Kind and name for ``Invalid`` (the name is in the body on create, not in the URL), and each
+    cause's ``message`` leaves out the field, which kubectl prints before it:
+    ``The Pod "x" is invalid: spec.containers[0].image: Required value``."""
+    if isinstance(err, Invalid):
+        name = err.name or request.path_params.get("name", "")
+        code, body = status_body(err, kind=err.kind, name=name)
+        body.setdefault("details", {})["causes"] = [
+            {"reason": _cause_reason(c.message), "message": c.message, "field": c.field}
+            for c in err.causes]
+        return code, body
+    kind = "pods" if "/pods" in request.url.path else "nodes" if "/nodes" in request.url.path else ""
+    return status_body(err, kind=kind, name=request.path_params.get("name", ""))
+
+
+_CAUSE_REASONS = {  # Kubernetes' field.ErrorType: the message starts with its text
+    "Required value": "FieldValueRequired", "Unsupported value": "FieldValueNotSupported",
+    "Duplicate value": "FieldValueDuplicate", "Forbidden": "FieldValueForbidden",
+    "Too long": "FieldValueTooLong", "Too many": "FieldValueTooMany", "Not found": "FieldValueNotFound",
+}
+
+
+def _cause_reason(message: str) -> str:
+    return next((r for text, r in _CAUSE_REASONS.items() if message.startswith(text)), "FieldValueInvalid")
 
 
 def make_app(api: Api) -> Starlette:

@@ -92,15 +92,28 @@ def node_row(node: Node) -> list:
             info.containerRuntimeVersion if info else ""]
 
 
-def table(kind: str, objects: list, *, resource_version: str = "") -> dict:
-    """A ``meta.k8s.io/v1`` Table of ``kind`` ("Pod" or "Node") objects."""
+INCLUDE_OBJECT = ("None", "Metadata", "Object")  # the ``includeObject`` query parameter
+
+
+def table(kind: str, objects: list, *, resource_version: str = "", include_object: str = "Metadata") -> dict:
+    """A ``meta.k8s.io/v1`` Table of ``kind`` ("Pod" or "Node") objects.
+
+    Each row carries its object as Kubernetes does for ``include_object``: only its metadata
+    (the default), the whole object (kubectl asks for it to ``--sort-by`` a field), or nothing."""
     columns, row_of = (NODE_COLUMNS, node_row) if kind == "Node" else (POD_COLUMNS, pod_row)
     return {
         "kind": "Table", "apiVersion": "meta.k8s.io/v1",
         "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
                                "description": d, "priority": p} for n, t, p, d in columns],
-        "rows": [{"cells": row_of(o), "object": {
-            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-            "metadata": o.metadata.dump()}} for o in objects],
+        "rows": [_row(row_of(o), o, include_object) for o in objects],
     }
+
+
+def _row(cells: list, obj, include_object: str) -> dict:
+    if include_object == "None":
+        return {"cells": cells}
+    if include_object == "Object":
+        return {"cells": cells, "object": obj.dump()}
+    return {"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                       "metadata": obj.metadata.dump()}}

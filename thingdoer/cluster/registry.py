@@ -62,20 +62,27 @@ class Registry(Generic[M]):
         obj.metadata.resourceVersion = str(revision)
         return obj
 
-    async def mutate(self, key: str, change: Callable[[M], bool | None]) -> M:
+    async def mutate(self, key: str, change: Callable[[M], bool | None], *, current: M | None = None) -> M:
         """Apply ``change`` to the stored object and write it back, retrying on conflicts.
 
         ``change`` edits the object in place and returns False to skip the write (nothing
         to do). It may run several times; it must be a pure function of the object.
+        ``current`` (e.g. from a watch cache) saves the first read; if it is stale, the
+        compare-and-swap fails and the loop reads the real one.
         """
-        for _ in range(MAX_CONFLICT_RETRIES):
-            obj = await self.get_at(key)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            obj = current.model_copy(deep=True) if attempt == 0 and current is not None \
+                else await self.get_at(key)
             if change(obj) is False:
                 return obj
             try:
                 return await self.update(obj)
             except Conflict:
                 continue
+            except NotFound:
+                if attempt == 0 and current is not None:
+                    continue  # the cached copy was stale: the read says whether it still exists
+                raise
         raise Conflict(f"{key}: gave up after {MAX_CONFLICT_RETRIES} conflicting writes")
 
     async def delete_at(self, key: str, resource_version: str | None = None) -> bool:
@@ -131,7 +138,7 @@ class Pods(Registry[Pod]):
                 return False
             return True
 
-        return await self.mutate(self.keys.pod(*pod.key), guarded)
+        return await self.mutate(self.keys.pod(*pod.key), guarded, current=pod)
 
 
 class Nodes(Registry[Node]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from ..cluster.informer import Informer
@@ -24,13 +25,15 @@ from ..cluster.keys import Keys
 from ..cluster.registry import Nodes, Pods
 from ..cluster.store import Store
 from ..errors import Conflict, Invalid, NotFound, ThingdoerError, Unavailable
-from ..models import (Node, NodeAddress, NodeCondition, NodeStatus, ObjectMeta, Pod, is_terminal,
-                      new_uid, now)
+from ..models import (ContainerStateTerminated, Node, NodeAddress, NodeCondition, NodeStatus,
+                      ObjectMeta, Pod, is_terminal, new_uid, now, parse_time)
 from ..models.node import DaemonEndpoint, NodeDaemonEndpoints
 from ..oci import shim
 from . import host
 from .containers import Containers, NodeConfig
-from .observed import EXITED, RUNNING_STATE, container_status, desired_status, same_status
+from .observed import (EXITED, RUNNING_STATE, container_status, desired_status, same_status,
+                       terminated_state)
+from .restart import backoff, should_restart
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +228,27 @@ class Agent:
             failed = self._start_errors.get((uid, container.name))
             if failed and loop.time() - failed[2] < START_RETRY:
                 continue
-            if self.containers.observe(uid, container.name) is None:
+            obs = self.containers.observe(uid, container.name)
+            if obs is None:
+                await self._start(pod, container)
+            elif (wait := self._restart_in(pod, obs)) is not None:
+                if wait > 0:
+                    loop.call_later(wait, self.poke, uid)
+                    continue
+                await asyncio.to_thread(self.containers.recycle, uid, container.name,
+                                        terminated_state(obs).dump())
                 await self._start(pod, container)
         await self._report(pod)
         return None
+
+    def _restart_in(self, pod: Pod, obs) -> float | None:
+        """Seconds until the exited container ``obs`` is due for a restart (≤ 0: now), or
+        None when the restart policy keeps it exited."""
+        if obs.state != EXITED or not should_restart(pod.spec.restartPolicy, obs.exit_code):
+            return None
+        restarts, _ = self.containers.history(pod.metadata.uid, obs.name)
+        finished = parse_time(obs.finished_at).timestamp() if obs.finished_at else 0.0
+        return backoff(restarts) - (time.time() - finished)
 
     async def _start(self, pod: Pod, container) -> None:
         uid, key = pod.metadata.uid, (pod.metadata.uid, container.name)
@@ -268,7 +288,12 @@ class Agent:
             if obs is not None and obs.state == RUNNING_STATE:
                 self._watch_exit(uid, container.name)
             reason, message, _ = self._start_errors.get((uid, container.name), ("ContainerCreating", None, 0))
-            statuses.append(container_status(container.image, obs, reason, message, container.name))
+            restarts, last = self.containers.history(uid, container.name)
+            wait = self._restart_in(pod, obs) if obs is not None else None
+            statuses.append(container_status(
+                container.image, obs, reason, message, container.name, restarts=restarts,
+                last=ContainerStateTerminated.model_validate(last) if last else None,
+                backing_off=None if wait is None else backoff(restarts)))
         started = pod.status.startTime or now()
         want = desired_status(pod, statuses, self.config.address, started)
         if same_status(pod.status, want):

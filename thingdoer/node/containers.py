@@ -7,6 +7,8 @@ Layout under the agent's state dir (the node's memory: enough to rebuild its vie
     pods/<pod uid>/<container>/       the OCI bundle: config.json, rootfs (an overlay), and the
                                       supervisor's files (``oci/shim.py``: shim.pid, pid, exit,
                                       container.log)
+    pods/<pod uid>/<container>.restarts.json   restarts so far and the last run's end
+    pods/<pod uid>/<container>.previous.log    the last run's output
 
 Each container runs as runtime container ``<pod uid>-<container>`` in cgroup
 ``/<cgroup parent>/pod<uid>/<container>``. Pod uids come from etcd; they are checked to be
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -158,6 +161,29 @@ class Containers:
         except BaseException:
             self._remove_bundle(uid, container.name)
             raise
+
+    def history(self, uid: str, container: str) -> tuple[int, dict | None]:
+        """(restarts so far, the last run's terminated state as JSON) of a container."""
+        try:
+            data = json.loads((self.pod_dir(uid) / f"{container}.restarts.json").read_text())
+            return int(data["count"]), data.get("last")
+        except (OSError, ValueError, KeyError):
+            return 0, None
+
+    def previous_log_path(self, uid: str, container: str) -> Path:
+        return self.pod_dir(uid) / f"{container}.previous.log"
+
+    def recycle(self, uid: str, container: str, last: dict) -> None:
+        """Before a restart: remember the exited run (its status and log), remove its bundle."""
+        count, _ = self.history(uid, container)
+        history = self.pod_dir(uid) / f"{container}.restarts.json"
+        tmp = history.with_name(history.name + ".tmp")
+        tmp.write_text(json.dumps({"count": count + 1, "last": last}))
+        os.replace(tmp, history)
+        log = self.log_path(uid, container)
+        if log.exists():
+            os.replace(log, self.previous_log_path(uid, container))
+        self._remove_bundle(uid, container)
 
     def signal(self, uid: str, container: str, signal: int) -> None:
         """Send ``signal`` to every process of the container; a container that is gone is fine."""

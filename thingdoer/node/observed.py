@@ -41,11 +41,23 @@ def _terminated(obs: Observed) -> ContainerStateTerminated:
 
 
 def container_status(image: str, obs: Observed | None, waiting_reason: str = "ContainerCreating",
-                     waiting_message: str | None = None, name: str = "") -> ContainerStatus:
+                     waiting_message: str | None = None, name: str = "", *, restarts: int = 0,
+                     last: ContainerStateTerminated | None = None,
+                     backing_off: float | None = None) -> ContainerStatus:
+    """``restarts``/``last``: the container's earlier runs; ``backing_off``: the back-off before
+    the exited container ``obs`` is started again (None: it stays exited). The status holds
+    the back-off, not the time left, so it does not change while the node waits."""
+    last_state = ContainerState(terminated=last) if last else None
     if obs is None:
-        return ContainerStatus(name=name, image=image, state=ContainerState(
-            waiting=ContainerStateWaiting(reason=waiting_reason, message=waiting_message)))
-    if obs.state == EXITED:
+        return ContainerStatus(name=name, image=image, restartCount=restarts, lastState=last_state,
+                               state=ContainerState(waiting=ContainerStateWaiting(
+                                   reason=waiting_reason, message=waiting_message)))
+    if obs.state == EXITED and backing_off is not None:
+        state = ContainerState(waiting=ContainerStateWaiting(
+            reason="CrashLoopBackOff",
+            message=f"back-off {backing_off:g}s restarting container {obs.name}"))
+        last_state = ContainerState(terminated=_terminated(obs))
+    elif obs.state == EXITED:
         state = ContainerState(terminated=_terminated(obs))
     elif obs.state == RUNNING_STATE:
         state = ContainerState(running=ContainerStateRunning(startedAt=obs.started_at))
@@ -53,13 +65,20 @@ def container_status(image: str, obs: Observed | None, waiting_reason: str = "Co
         state = ContainerState(waiting=ContainerStateWaiting(reason="ContainerCreating"))
     return ContainerStatus(name=obs.name, image=image, imageID=obs.image_id,
                            containerID=f"runc://{obs.container_id}", ready=obs.state == RUNNING_STATE,
-                           started=obs.state == RUNNING_STATE, state=state)
+                           started=obs.state == RUNNING_STATE, state=state, restartCount=restarts,
+                           lastState=last_state)
+
+
+def terminated_state(obs: Observed) -> ContainerStateTerminated:
+    """How an exited container is remembered once it has been restarted."""
+    return _terminated(obs)
 
 
 def pod_phase(statuses: list[ContainerStatus]) -> str:
-    """restartPolicy Never: Running while any container runs; once all have exited,
-    Succeeded if every one exited 0, else Failed."""
-    if any(s.state.running for s in statuses):
+    """Running while any container runs or is waiting to be restarted; once all have exited
+    for good, Succeeded if every one exited 0, else Failed."""
+    if any(s.state.running or (s.state.waiting and s.restartCount) or
+           (s.state.waiting and s.state.waiting.reason == "CrashLoopBackOff") for s in statuses):
         return RUNNING
     if statuses and all(s.state.terminated for s in statuses):
         return SUCCEEDED if all(s.state.terminated.exitCode == 0 for s in statuses) else FAILED
