@@ -71,8 +71,6 @@ def test_label_selector_refuses_unparseable(selector):
         label_selector(selector)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the selector regex lets whitespace separate key and value with "
-                   "no operator, so 'env staging' is read as 'env exists' and silently matches env=prod")
 @pytest.mark.parametrize("parse, selector", [(label_selector, "env staging"),
                                              (field_selector, "metadata.name other")])
 def test_selector_with_a_space_instead_of_an_operator_is_refused(parse, selector):
@@ -233,6 +231,25 @@ def test_pod_table_rows_carry_cells_and_partial_metadata():
     assert obj["metadata"] == {"name": "a", "namespace": "default", "labels": {"x": "1"}}
 
 
+@pytest.mark.parametrize("include, expected", [
+    ("None", None),
+    ("Metadata", {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                  "metadata": {"name": "a", "namespace": "default"}}),
+])
+def test_table_include_object_none_or_metadata(include, expected):
+    """includeObject=None drops the object; Metadata (the default) carries PartialObjectMetadata."""
+    row = table("Pod", [make_pod("a")], include_object=include)["rows"][0]
+    assert row.get("object") == expected
+    assert row["cells"] == pod_row(make_pod("a"))
+    assert table("Pod", [make_pod("a")])["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
+
+
+def test_table_include_object_whole_object():
+    """includeObject=Object carries the full object, so kubectl can --sort-by any field."""
+    pod = make_pod("a", node="n1", phase="Running")
+    assert table("Pod", [pod], include_object="Object")["rows"][0]["object"] == pod.dump()
+
+
 @pytest.mark.parametrize("ready, cordoned, status", [
     (True, False, "Ready"), (False, False, "NotReady"),
     (True, True, "Ready,SchedulingDisabled"), (False, True, "NotReady,SchedulingDisabled"),
@@ -284,17 +301,17 @@ def test_status_body_details(kind, name, details):
 
 
 def test_status_body_invalid_lists_every_cause():
-    """An Invalid Status lists one FieldValueInvalid cause per bad field, with its field path."""
+    """An Invalid Status lists one cause per bad field: its path, its message, its Kubernetes type."""
     err = Invalid([Cause("spec.containers[0].image", "Required value"),
                    Cause("spec.restartPolicy", 'Unsupported value: "Sometimes"')], kind="Pod", name="web")
     _, body = status_body(err, kind="pods", name="web")
     assert body["message"] == ('Pod "web" is invalid: spec.containers[0].image: Required value, '
                                'spec.restartPolicy: Unsupported value: "Sometimes"')
     assert body["details"] == {"kind": "pods", "name": "web", "causes": [
-        {"reason": "FieldValueInvalid", "field": "spec.containers[0].image",
-         "message": "spec.containers[0].image: Required value"},
-        {"reason": "FieldValueInvalid", "field": "spec.restartPolicy",
-         "message": 'spec.restartPolicy: Unsupported value: "Sometimes"'}]}
+        {"reason": "FieldValueRequired", "field": "spec.containers[0].image",
+         "message": "Required value"},
+        {"reason": "FieldValueNotSupported", "field": "spec.restartPolicy",
+         "message": 'Unsupported value: "Sometimes"'}]}
 
 
 @pytest.mark.parametrize("err", [
@@ -315,7 +332,7 @@ def test_error_from_status_round_trips(err):
     (409, {"message": "m"}, AlreadyExists, "m"),            # 409 without reason Conflict
     (409, {"message": "m", "reason": "Conflict"}, Conflict, "m"),
     (422, {"message": "m"}, Invalid, "m"),
-    (500, {"message": "m", "reason": "InternalError"}, Unavailable, "m"),  # 5xx: the server failed
+    (500, {"message": "m", "reason": "InternalError"}, ThingdoerError, "m"),  # a server bug: not retryable
     (502, {}, Unavailable, "fallback"),
     (418, {"message": "teapot"}, ThingdoerError, "teapot"),
 ])
@@ -324,3 +341,9 @@ def test_error_from_status_by_code(code, body, kind, message):
     err = error_from_status(code, body, "fallback")
     assert type(err) is kind
     assert str(err) == message
+
+
+def test_a_field_selector_without_a_value_is_refused():
+    """``spec.nodeName`` alone would match everything: refuse it and say how to write one."""
+    with pytest.raises(BadRequest, match="needs a value"):
+        field_selector("spec.nodeName")

@@ -243,3 +243,12 @@ def test_pending_is_unbound_live_pods_oldest_first():
     scheduler.pod_cache.objects = {pod_key(p): p for p in pods}
     assert [pod_key(p) for p in scheduler.pending()] == [
         "default/never-stamped", "default/early", "default/a", "default/b", "zz/a", "default/late"]
+
+
+def test_a_resource_the_pod_does_not_request_is_not_checked():
+    """As Kubernetes: an overcommitted node (more cpu bound than it has) still takes a pod that
+    requests no cpu, if its memory fits."""
+    node = make_node("full", cpu="1", memory="8Gi")
+    bound = make_pod("hog", cpu="2", memory="1Gi", node="full")
+    assert place(make_pod("light", memory="1Gi"), [node], [bound]).node == "full"
+    assert place(make_pod("heavy", cpu="1", memory="1Gi"), [node], [bound]).node is None

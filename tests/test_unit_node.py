@@ -55,8 +55,6 @@ def test_unknown_exit_is_reported_as_255():
     assert (term.exitCode, term.reason) == (255, "Error")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: observed._terminated reports signal = code - 128 for every code "
-                   "over 128, so exit(255) or an unknown exit claims signal 127, which does not exist")
 @pytest.mark.parametrize("exit_code", [255, 200, None])
 def test_exit_codes_beyond_any_signal_report_no_signal(exit_code):
     """Exit codes above 128 + SIGRTMAX (64) are plain exits, not signal deaths."""
@@ -89,13 +87,43 @@ def test_unobserved_container_is_waiting(reason, message):
     assert (status.state.waiting.reason, status.state.waiting.message) == (reason, message)
 
 
+def test_backing_off_container_waits_in_crash_loop():
+    """An exited container due for restart waits in CrashLoopBackOff, its exit kept as lastState."""
+    last = ContainerStateTerminated(exitCode=2, reason="Error")
+    status = container_status("busybox", obs(EXITED, exit_code=1, finished_at="2024-01-01T00:01:00Z"),
+                              restarts=3, last=last, backing_off=20.0)
+    assert (status.state.waiting.reason, status.state.waiting.message) == (
+        "CrashLoopBackOff", "back-off 20s restarting container main")
+    assert status.state.terminated is None and not status.ready
+    assert status.restartCount == 3
+    assert status.lastState.terminated.exitCode == 1          # this exit, not the older one
+    assert status.lastState.terminated.finishedAt == "2024-01-01T00:01:00Z"
+
+
+@pytest.mark.parametrize("observed", [None, obs(RUNNING_STATE)])
+def test_restarted_container_keeps_its_history(observed):
+    """restarts and the last termination are reported while waiting or running again."""
+    last = ContainerStateTerminated(exitCode=137, signal=9, reason="Error")
+    status = container_status("busybox", observed, name="main", restarts=2, last=last)
+    assert status.restartCount == 2
+    assert status.lastState.terminated == last
+
+
+def test_first_run_has_no_last_state():
+    """A container that never ran before reports no lastState and zero restarts."""
+    status = container_status("busybox", obs(RUNNING_STATE))
+    assert status.lastState is None and status.restartCount == 0
+
+
 # --- observed: pod_phase ----------------------------------------------------------------------
 
-def cs(kind: str, exit_code: int = 0, ready: bool = False) -> ContainerStatus:
+def cs(kind: str, exit_code: int = 0, ready: bool = False, restarts: int = 0) -> ContainerStatus:
     state = {"waiting": ContainerState(waiting={"reason": "ContainerCreating"}),
+             "backoff": ContainerState(waiting={"reason": "CrashLoopBackOff"}),
              "running": ContainerState(running={}),
              "exited": ContainerState(terminated=ContainerStateTerminated(exitCode=exit_code))}[kind]
-    return ContainerStatus(name=f"c-{kind}-{exit_code}", image="busybox", state=state, ready=ready)
+    return ContainerStatus(name=f"c-{kind}-{exit_code}", image="busybox", state=state, ready=ready,
+                           restartCount=restarts)
 
 
 @pytest.mark.parametrize("statuses, phase", [
@@ -110,6 +138,10 @@ def cs(kind: str, exit_code: int = 0, ready: bool = False) -> ContainerStatus:
     ([cs("exited", 0), cs("exited", 0)], "Succeeded"),
     ([cs("exited", 1)], "Failed"),
     ([cs("exited", 0), cs("exited", 137)], "Failed"),
+    ([cs("backoff")], "Running"),                      # waiting to be restarted
+    ([cs("backoff"), cs("exited", 1)], "Running"),
+    ([cs("waiting", restarts=2)], "Running"),          # being restarted after earlier runs
+    ([cs("waiting", restarts=1), cs("exited", 0)], "Running"),
 ])
 def test_pod_phase(statuses, phase):
     """pod_phase: Running while any runs; all exited → Succeeded iff all 0; nothing started → Pending."""
@@ -275,8 +307,6 @@ def test_linux_resources(requests, limits, pids, expected):
     assert linux_resources(requests, limits, pids_limit=pids) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a cpu limit of 0 becomes the minimum quota (1 ms per 100 ms) "
-                   "instead of no quota, as Kubernetes' MilliCPUToQuota gives for 0")
 def test_zero_cpu_limit_sets_no_quota():
     """limits.cpu "0" applies no CFS quota, as in Kubernetes, rather than throttling to 1%."""
     assert "quota" not in linux_resources(None, {"cpu": "0"})["cpu"]

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ..errors import BadRequest
 
-_TERM = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)?\s*([A-Za-z0-9_.-]*)\s*$")
+_TERM = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9_.-]*))?\s*$")
 
 
 def _terms(selector: str, what: str) -> list[tuple[str, str | None, str]]:
@@ -48,7 +48,9 @@ FIELDS = {
 
 def field_selector(selector: str | None) -> Callable[[object], bool]:
     terms = _terms(selector or "", "fieldSelector")
-    for key, _, _ in terms:
+    for key, op, _ in terms:
         if key not in FIELDS:
             raise BadRequest(f'"{key}" is not a known field selector: use one of {", ".join(FIELDS)}')
+        if op is None:
+            raise BadRequest(f'fieldSelector "{key}" needs a value: use {key}=VALUE or {key}!=VALUE')
     return lambda obj: _matches(terms, lambda k: FIELDS[k](obj))

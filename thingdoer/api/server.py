@@ -367,30 +367,13 @@ def _handler(method: Callable) -> Callable:
 def _status(err: ThingdoerError, request: Request) -> tuple[int, dict]:
     """The ``Status`` answer for ``err``, with the details kubectl prints.
 
-    Kubernetes names the resource ("pods") in ``details.kind`` for most errors, but the object's
-    Kind and name for ``Invalid`` (the name is in the body on create, not in the URL), and each
-    cause's ``message`` leaves out the field, which kubectl prints before it:
-    ``The Pod "x" is invalid: spec.containers[0].image: Required value``."""
+    As in Kubernetes, ``details`` names the resource ("pods") for most errors but the object's
+    Kind and name for ``Invalid``, whose name is in the body on create, not in the URL: kubectl
+    prints ``The Pod "x" is invalid: spec.containers[0].image: Required value``."""
     if isinstance(err, Invalid):
-        name = err.name or request.path_params.get("name", "")
-        code, body = status_body(err, kind=err.kind, name=name)
-        body.setdefault("details", {})["causes"] = [
-            {"reason": _cause_reason(c.message), "message": c.message, "field": c.field}
-            for c in err.causes]
-        return code, body
+        return status_body(err, kind=err.kind, name=err.name or request.path_params.get("name", ""))
     kind = "pods" if "/pods" in request.url.path else "nodes" if "/nodes" in request.url.path else ""
     return status_body(err, kind=kind, name=request.path_params.get("name", ""))
-
-
-_CAUSE_REASONS = {  # Kubernetes' field.ErrorType: the message starts with its text
-    "Required value": "FieldValueRequired", "Unsupported value": "FieldValueNotSupported",
-    "Duplicate value": "FieldValueDuplicate", "Forbidden": "FieldValueForbidden",
-    "Too long": "FieldValueTooLong", "Too many": "FieldValueTooMany", "Not found": "FieldValueNotFound",
-}
-
-
-def _cause_reason(message: str) -> str:
-    return next((r for text, r in _CAUSE_REASONS.items() if message.startswith(text)), "FieldValueInvalid")
 
 
 def make_app(api: Api) -> Starlette:

@@ -21,13 +21,23 @@ def status_body(err: ThingdoerError, *, kind: str = "", name: str = "") -> tuple
     if kind:
         details["kind"] = kind
     if isinstance(err, Invalid):
-        details["causes"] = [{"reason": "FieldValueInvalid", "message": str(c), "field": c.field}
+        details["causes"] = [{"reason": _cause_reason(c.message), "message": c.message, "field": c.field}
                              for c in err.causes]
     body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": str(err), "reason": err.reason, "code": code}
     if details:
         body["details"] = details
     return code, body
+
+
+def _cause_reason(message: str) -> str:
+    """Kubernetes' cause types, from the message's opening words."""
+    for prefix, reason in (("Required value", "FieldValueRequired"),
+                           ("Duplicate value", "FieldValueDuplicate"),
+                           ("Unsupported value", "FieldValueNotSupported")):
+        if message.startswith(prefix):
+            return reason
+    return "FieldValueInvalid"
 
 
 def error_from_status(code: int, body: dict | None, fallback: str) -> ThingdoerError:
@@ -41,7 +51,7 @@ def error_from_status(code: int, body: dict | None, fallback: str) -> ThingdoerE
         return _invalid_from(message)
     if kind is not None:
         return kind(message)
-    if code >= 500:
+    if code in (502, 503, 504):
         return Unavailable(message)
     return ThingdoerError(message)
 

@@ -30,7 +30,7 @@ def linux_resources(requests: dict[str, str] | None, limits: dict[str, str] | No
     cpu: dict = {}
     cpu_request = requests.get("cpu") or limits.get("cpu")
     cpu["shares"] = shares(quantity.cpu_millis(cpu_request) if cpu_request else 0)
-    if "cpu" in limits:
+    if limits.get("cpu") and quantity.cpu_millis(limits["cpu"]) > 0:  # 0 means no limit
         cpu["quota"], cpu["period"] = quota(quantity.cpu_millis(limits["cpu"])), CFS_PERIOD_US
     resources: dict = {"cpu": cpu}
     if "memory" in limits:

@@ -42,9 +42,11 @@ def _reasons(pod: Pod, node: Node, used: tuple[int, int]) -> list[str]:
     want_cpu, want_mem = pod.spec.total_requests()
     alloc_cpu, alloc_mem = node.allocatable()
     reasons = []
-    if used[0] + want_cpu > alloc_cpu:
+    # Like Kubernetes, a resource the pod does not request is not checked (an overcommitted
+    # node still takes a pod that asks for none of it).
+    if want_cpu and used[0] + want_cpu > alloc_cpu:
         reasons.append("Insufficient cpu")
-    if used[1] + want_mem > alloc_mem:
+    if want_mem and used[1] + want_mem > alloc_mem:
         reasons.append("Insufficient memory")
     return reasons
 

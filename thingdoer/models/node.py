@@ -69,7 +69,10 @@ class Node(Model):
     @field_validator("metadata")
     @classmethod
     def _name(cls, meta: ObjectMeta) -> ObjectMeta:
-        check_dns_subdomain(meta.name)
+        try:
+            check_dns_subdomain(meta.name)
+        except ValueError as err:
+            raise ValueError(f'name: Invalid value: "{meta.name}": {err}') from None
         return meta
 
     def condition(self, kind: str) -> NodeCondition | None:

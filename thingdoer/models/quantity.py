@@ -14,6 +14,7 @@ _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei"
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
             "P": Decimal("1e15"), "E": Decimal("1e18")}
+MAX_VALUE = 2**63 - 1  # as Kubernetes: a quantity must fit an int64
 _QUANTITY = re.compile(r"^([+-]?[0-9]+(?:\.[0-9]*)?|[+-]?\.[0-9]+)(?:([eE][+-]?[0-9]+)|([a-zA-Z]*))$")
 
 
@@ -23,7 +24,7 @@ def parse(text: str | int | float) -> Decimal:
         raise ValueError("must be a quantity string such as \"250m\" or \"64Mi\"")
     if isinstance(text, (int, float)):
         text = repr(text) if isinstance(text, float) else str(text)
-    match = _QUANTITY.match(text.strip()) if isinstance(text, str) else None
+    match = _QUANTITY.match(text) if isinstance(text, str) else None
     if not match:
         raise ValueError('quantities must match the regular expression '
                          "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
@@ -33,13 +34,17 @@ def parse(text: str | int | float) -> Decimal:
     except InvalidOperation as err:  # pragma: no cover - the regex admits only numbers
         raise ValueError(f"{number!r} is not a number") from err
     if exponent:
-        return value * (Decimal(10) ** int(exponent[1:]))
-    if suffix in _BINARY:
-        return value * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return value * _DECIMAL[suffix]
-    raise ValueError(f"unknown suffix {suffix!r}: use one of Ki Mi Gi Ti Pi Ei, "
-                     "n u m k M G T P E, or none")
+        scale = Decimal(10) ** int(exponent[1:]) if abs(int(exponent[1:])) <= 30 else None
+    elif suffix in _BINARY:
+        scale = Decimal(_BINARY[suffix])
+    elif suffix in _DECIMAL:
+        scale = _DECIMAL[suffix]
+    else:
+        raise ValueError(f"unknown suffix {suffix!r}: use one of Ki Mi Gi Ti Pi Ei, "
+                         "n u m k M G T P E, or none")
+    if scale is None or abs(value * scale) > MAX_VALUE:
+        raise ValueError("the value is too large: quantities must fit in 64 bits")
+    return value * scale
 
 
 def _whole(value: Decimal) -> int:

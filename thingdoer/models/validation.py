@@ -19,7 +19,7 @@ from .meta import Model, check_dns_label, new_uid, now
 M = TypeVar("M", bound=BaseModel)
 
 # A validator may name a sub-field itself ("memory: Invalid value: ..."); the path is joined on.
-_SUBFIELD = re.compile(r"^([\w.\[\]-]+): ((?:Invalid|Duplicate|Required|Unsupported) value.*)$", re.S)
+_SUBFIELD = re.compile(r"^([\w./\[\]-]+): ((?:Invalid|Duplicate|Required|Unsupported) value.*)$", re.S)
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -35,7 +35,7 @@ def _terminated(obs: Observed) -> ContainerStateTerminated:
                                         containerID=obs.container_id)
     code = obs.exit_code if obs.exit_code is not None else 255
     return ContainerStateTerminated(
-        exitCode=code, signal=code - 128 if code > 128 else None,
+        exitCode=code, signal=code - 128 if 128 < code <= 128 + 64 else None,
         reason="Completed" if code == 0 else "Error", startedAt=obs.started_at,
         finishedAt=obs.finished_at, containerID=obs.container_id)
 
