@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from thingdoer.api.client import Client  # noqa: E402
 from thingdoer.cgroups import fs as cgroupfs  # noqa: E402
+from thingdoer.errors import ThingdoerError  # noqa: E402
 from thingdoer.node.containers import Containers, NodeConfig  # noqa: E402
 from thingdoer.oci.busybox import build_busybox_image  # noqa: E402
 
@@ -70,13 +71,16 @@ class Watcher(threading.Thread):
         self.events: queue.Queue = queue.Queue()
 
     def run(self) -> None:
-        for _, obj in self.client.watch("/api/v1/namespaces/default/pods",
-                                        resource_version=self.resource_version):
-            stamp = time.monotonic()
-            key = (obj["metadata"]["name"], obj["status"]["phase"])
-            if key not in self.seen:
-                self.seen[key] = stamp
-                self.events.put(key)
+        try:
+            for _, obj in self.client.watch("/api/v1/namespaces/default/pods",
+                                            resource_version=self.resource_version):
+                stamp = time.monotonic()
+                key = (obj["metadata"]["name"], obj["status"]["phase"])
+                if key not in self.seen:
+                    self.seen[key] = stamp
+                    self.events.put(key)
+        except ThingdoerError:
+            pass  # the cluster was stopped at the end of the run
 
     def wait_for(self, name: str, phase: str, timeout: float = 60.0) -> float:
         deadline = time.monotonic() + timeout

@@ -306,3 +306,30 @@ def test_restart_policy_on_failure_lets_a_successful_container_end(cluster):
     cluster.apply(pod_manifest("once", ["true"], restartPolicy="OnFailure"))
     pod = cluster.wait_phase("once", "Succeeded")
     assert pod.status.containerStatuses[0].restartCount == 0
+
+
+def test_a_filtered_watch_sees_pods_enter_and_leave_the_filter(cluster):
+    """fieldSelector status.phase=Running: ADDED when the pod starts, DELETED when it ends."""
+    import threading
+
+    cluster.add_worker("node-a")
+    _, revision = cluster.client.list_pods()
+    events: list[tuple[str, str]] = []
+
+    def watch():
+        with type(cluster.client)(cluster.server) as client:
+            for kind, obj in client.watch("/api/v1/namespaces/default/pods", resource_version=revision,
+                                          params={"fieldSelector": "status.phase=Running", "timeoutSeconds": "60"}):
+                events.append((kind, obj["status"]["phase"]))
+                if kind == "DELETED":
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    cluster.apply(pod_manifest("brief", ["sleep", "1"]))
+    cluster.wait_phase("brief", "Succeeded")
+    watcher.join(60)
+
+    assert events[0] == ("ADDED", "Running")
+    assert events[-1] == ("DELETED", "Succeeded")
+    assert all(kind == "MODIFIED" for kind, _ in events[1:-1])

@@ -132,3 +132,18 @@ def test_an_unreachable_etcd_is_unavailable_naming_the_endpoint():
                 await store.get("/x")
             assert "127.0.0.1:1" in str(err.value)
     run(body())
+
+
+def test_watch_events_say_whether_they_created_and_what_they_replaced(etcd, prefix):
+    async def body():
+        async with Store(etcd.endpoint) as store:
+            start = await store.create(f"{prefix}/a", b"1")
+            await store.put(f"{prefix}/a", b"2")
+            await store.delete(f"{prefix}/a")
+            events = []
+            async for event in store.watch(f"{prefix}/", start):
+                events.append((event.kind, event.created, event.value, event.previous))
+                if len(events) == 3:
+                    break
+            assert events == [(PUT, True, b"1", None), (PUT, False, b"2", b"1"), (DELETE, False, b"2", None)]
+    run(body())

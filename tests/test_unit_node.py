@@ -325,3 +325,19 @@ def test_zero_cpu_limit_sets_no_quota():
 def test_allocatable_is_capacity_minus_reserved(capacity, reserved, expected):
     """allocatable() subtracts the reservation per resource and never goes below zero."""
     assert allocatable(capacity, reserved) == expected
+
+
+def test_observe_is_not_fooled_by_a_supervisor_finishing_between_its_checks(tmp_path, monkeypatch):
+    """The supervisor writes the exit file and exits at any moment; whichever check comes
+    first, observe must never report 'died without an exit status' for a clean exit."""
+    from thingdoer.oci import shim
+
+    (tmp_path / shim.INIT_PID).write_text("1\n")
+
+    def supervisor_finishing(bundle):
+        (bundle / shim.EXIT).write_text("0\n")  # it finishes right now...
+        return None  # ...and is gone
+
+    monkeypatch.setattr(shim, "supervisor_pid", supervisor_finishing)
+    files = shim.observe(tmp_path)
+    assert files.exited and files.exit_code == 0

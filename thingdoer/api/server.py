@@ -250,9 +250,8 @@ class Api:
             else:
                 revision = start
             try:
-                async for event_type, obj, _ in registry.watch(prefix, revision):
-                    if keep(obj):
-                        yield line(event_type, obj)
+                async for event_type, obj in registry.watch(prefix, revision, keep):
+                    yield line(event_type, obj)
             except Gone as err:
                 code, body = status_body(err)
                 yield json.dumps({"type": "ERROR", "object": body}).encode() + b"\n"

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable, Generic, TypeVar
 from ..errors import Conflict, NotFound
 from ..models import Node, Pod, can_move, dump_json
 from .keys import Keys
-from .store import Event, KV, Listing, Store
+from .store import DELETE, PUT, Event, KV, Listing, Store
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +102,28 @@ class Registry(Generic[M]):
                 yield item.kind, obj, item.revision
 
 
-    async def watch(self, prefix: str, revision: int) -> AsyncIterator[tuple[str, M, int]]:
-        """Kubernetes watch events ("ADDED"|"MODIFIED"|"DELETED", object, revision) after
-        ``revision``. Raises ``Gone`` when that revision was compacted."""
+    async def watch(self, prefix: str, revision: int,
+                    keep: Callable[[M], bool] = lambda _: True) -> AsyncIterator[tuple[str, M]]:
+        """Kubernetes watch events ("ADDED"|"MODIFIED"|"DELETED", object) after ``revision``,
+        as seen through the filter ``keep``: an object that starts matching is ADDED, one that
+        stops matching is DELETED. Raises ``Gone`` when ``revision`` was compacted."""
         async for event in self.store.watch(prefix, revision + 1):
             try:
                 obj = self.decode(event)
+                before = self.decode(Event(PUT, event.key, event.previous, event.revision)) \
+                    if event.previous is not None else None
             except ValueError as err:
                 log.warning("skipping undecodable %s: %s", event.key, err)
                 continue
-            kind = "DELETED" if event.kind == "DELETE" else "ADDED" if event.created else "MODIFIED"
-            yield kind, obj, event.revision
+            if event.kind == DELETE:
+                if keep(obj):
+                    yield "DELETED", obj
+                continue
+            was, now_ = before is not None and keep(before), keep(obj)
+            if now_:
+                yield ("MODIFIED" if was else "ADDED"), obj
+            elif was:
+                yield "DELETED", obj
 
 
 class Pods(Registry[Pod]):

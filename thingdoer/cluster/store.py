@@ -47,6 +47,7 @@ class Event:
     value: bytes
     revision: int
     created: bool = False  # a PUT that created the key (Kubernetes: ADDED, not MODIFIED)
+    previous: bytes | None = None  # for a PUT over an existing key: the value it replaced
 
 
 @dataclass(frozen=True)
@@ -214,8 +215,11 @@ class Store:
                         is_delete = event.kind == DELETE
                         value = (event.prev_kv.value if is_delete and event.prev_kv else kv.value)
                         next_revision = kv.mod_revision + 1
+                        # aetcd hands an empty KeyValue when there was no previous value.
+                        had_previous = event.prev_kv is not None and event.prev_kv.key
+                        previous = event.prev_kv.value if had_previous and not is_delete else None
                         yield Event(DELETE if is_delete else PUT, kv.key.decode(), value,
-                                    kv.mod_revision, kv.create_revision == kv.mod_revision)
+                                    kv.mod_revision, kv.create_revision == kv.mod_revision, previous)
                 finally:
                     await _quietly(watch.cancel())
             except aetcd.exceptions.RevisionCompactedError as err:

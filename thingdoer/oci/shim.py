@@ -111,6 +111,10 @@ def wait_gone(bundle: Path, timeout: float) -> bool:
 
 
 def observe(bundle: Path) -> ShimFiles:
+    # Liveness first, then the exit file: a supervisor seen alive and no exit file means
+    # running; a supervisor seen dead has already written its exit file, if it ever will.
+    # (The other order races: no exit file yet, then the supervisor writes it and exits.)
+    alive = supervisor_pid(bundle) is not None
     exit_file, pid_file = bundle / EXIT, bundle / INIT_PID
     exit_code = None
     if exit_file.exists():
@@ -121,7 +125,7 @@ def observe(bundle: Path) -> ShimFiles:
     return ShimFiles(
         created=pid_file.exists(), started_at=_mtime(pid_file), exited=exit_file.exists(),
         exit_code=exit_code, finished_at=_mtime(exit_file),
-        supervisor_alive=supervisor_pid(bundle) is not None,
+        supervisor_alive=alive,
         last_log_line=_last_line(bundle / LOG) if exit_file.exists() and not pid_file.exists() else "")
 
 
