@@ -68,6 +68,7 @@ class Watcher(threading.Thread):
         self.client = Client(server)
         self.resource_version = resource_version
         self.seen: dict[tuple[str, str], float] = {}
+        self.last: dict[str, dict] = {}
         self.events: queue.Queue = queue.Queue()
 
     def run(self) -> None:
@@ -76,6 +77,7 @@ class Watcher(threading.Thread):
                                             resource_version=self.resource_version):
                 stamp = time.monotonic()
                 key = (obj["metadata"]["name"], obj["status"]["phase"])
+                self.last[key[0]] = obj
                 if key not in self.seen:
                     self.seen[key] = stamp
                     self.events.put(key)
@@ -86,7 +88,8 @@ class Watcher(threading.Thread):
         deadline = time.monotonic() + timeout
         while (name, phase) not in self.seen:
             if (name, "Failed") in self.seen:
-                raise RuntimeError(f"pod {name} failed")
+                status = json.dumps(self.last[name]["status"].get("containerStatuses"))
+                raise RuntimeError(f"pod {name} failed: {status}")
             try:
                 self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:

@@ -23,29 +23,34 @@ class Informer(Generic[M]):
         self.revision = 0
         self.synced = asyncio.Event()
         self.changed = asyncio.Event()
-        self.deleted: list[M] = []  # objects deleted since the consumer last drained this
+        # key → latest version of each object changed (or deleted: its last version) since
+        # the consumer last drained them, so a consumer handles what changed, not everything.
+        self._dirty: dict[str, M] = {}
 
     async def run(self) -> None:
         async for kind, payload, revision in self.registry.follow(self._prefix):
             if kind == "LIST":
                 fresh = {self._key_of(o): o for o in payload}
-                self.deleted.extend(o for k, o in self.objects.items() if k not in fresh)
+                self._dirty.update((k, o) for k, o in self.objects.items() if k not in fresh)
+                self._dirty.update(fresh)
                 self.objects = fresh
                 self.synced.set()
             elif kind == "DELETE":
                 self.objects.pop(self._key_of(payload), None)
-                self.deleted.append(payload)
+                self._dirty[self._key_of(payload)] = payload
             else:
                 self.objects[self._key_of(payload)] = payload
+                self._dirty[self._key_of(payload)] = payload
             self.revision = revision
             self.changed.set()
 
     def values(self) -> list[M]:
         return list(self.objects.values())
 
-    def drain_deleted(self) -> list[M]:
-        gone, self.deleted = self.deleted, []
-        return gone
+    def drain(self) -> list[M]:
+        """The objects changed or deleted since the last drain (latest version of each)."""
+        changed, self._dirty = list(self._dirty.values()), {}
+        return changed
 
 
 def pod_key(pod: Pod) -> str:

@@ -153,17 +153,15 @@ class Agent:
         return {uid: p for uid, p in self.cache.objects.items() if p.spec.nodeName == self.name}
 
     async def _dispatch(self) -> None:
-        """Wake the worker of every pod that changed (and of every pod deleted)."""
+        """Wake the worker of every pod of this node that changed or was deleted."""
         await self.cache.synced.wait()
         await self._collect_orphans()
         while True:
             await self.cache.changed.wait()
             self.cache.changed.clear()
-            for uid in self.mine():
-                self.poke(uid)
-            for gone in self.cache.drain_deleted():
-                if gone.spec.nodeName == self.name and gone.metadata.uid:
-                    self.poke(gone.metadata.uid)
+            for pod in self.cache.drain():
+                if pod.spec.nodeName == self.name and pod.metadata.uid:
+                    self.poke(pod.metadata.uid)
 
     async def _resync(self) -> None:
         await self.cache.synced.wait()

@@ -32,9 +32,12 @@ from .runc import Runtime
 SHIM_PID, INIT_PID, EXIT, LOG = "shim.pid", "pid", "exit", "container.log"
 
 # $1 = exit file, the rest = the runtime's argv. `"$@"` keeps the runtime a child of the
-# supervisor (not exec'd), so the supervisor outlives it and can record its status.
+# supervisor (not exec'd), so the supervisor outlives it and can record its status. The final
+# `exit` keeps dash from exec'ing `mv` as its last command: the supervisor's command line (how
+# ``supervisor_pid`` recognises it) must not change while it runs.
 _SUPERVISOR = ('exit_file=$1; shift; "$@"; status=$?; '
-               'printf "%d\\n" "$status" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"')
+               'printf "%d\\n" "$status" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"; '
+               'exit 0')
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,15 @@ def spawn(runtime: Runtime, container_id: str, bundle: Path) -> int:
 
 
 def supervisor_pid(bundle: Path) -> int | None:
-    """The supervisor's pid if it is still running *and* is this bundle's (pids get reused)."""
+    """The supervisor's pid if it is still running *and* is this bundle's (pids get reused).
+
+    A zombie (exited, not yet reaped) has an empty command line and counts as gone."""
     try:
         pid = int((bundle / SHIM_PID).read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if str(bundle / EXIT).encode() in cmdline else None
+    return pid if str(bundle / EXIT).encode() + b"\0" in cmdline else None
 
 
 async def wait(bundle: Path) -> None:
@@ -111,22 +116,23 @@ def wait_gone(bundle: Path, timeout: float) -> bool:
 
 
 def observe(bundle: Path) -> ShimFiles:
-    # Liveness first, then the exit file: a supervisor seen alive and no exit file means
-    # running; a supervisor seen dead has already written its exit file, if it ever will.
-    # (The other order races: no exit file yet, then the supervisor writes it and exits.)
+    # The files appear in the order shim.pid, pid, exit, then the supervisor ends; so they are
+    # looked at in the reverse order, each once: whatever is seen later is at least as new.
+    # (Another order races: e.g. no exit file yet, then the supervisor writes it and exits,
+    # and it looks as if it died without a status.)
     alive = supervisor_pid(bundle) is not None
-    exit_file, pid_file = bundle / EXIT, bundle / INIT_PID
+    finished_at = _mtime(bundle / EXIT)
+    started_at = _mtime(bundle / INIT_PID)
     exit_code = None
-    if exit_file.exists():
+    if finished_at is not None:  # the exit file is only ever renamed into place, complete
         try:
-            exit_code = int(exit_file.read_text().strip())
+            exit_code = int((bundle / EXIT).read_text().strip())
         except ValueError:
             exit_code = None
     return ShimFiles(
-        created=pid_file.exists(), started_at=_mtime(pid_file), exited=exit_file.exists(),
-        exit_code=exit_code, finished_at=_mtime(exit_file),
-        supervisor_alive=alive,
-        last_log_line=_last_line(bundle / LOG) if exit_file.exists() and not pid_file.exists() else "")
+        created=started_at is not None, started_at=started_at, exited=finished_at is not None,
+        exit_code=exit_code, finished_at=finished_at, supervisor_alive=alive,
+        last_log_line=_last_line(bundle / LOG) if finished_at and not started_at else "")
 
 
 def _mtime(path: Path) -> str | None:
