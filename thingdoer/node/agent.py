@@ -263,7 +263,7 @@ class Agent:
             self._start_errors[key] = ("CreateContainerError", str(err), now_)
             return
         self._start_errors.pop(key, None)
-        await _until_created(self.containers.bundle(uid, container.name))
+        await asyncio.to_thread(shim.wait_settled, self.containers.bundle(uid, container.name), 5.0)
         self._watch_exit(uid, container.name)
 
     def _watch_exit(self, uid: str, name: str) -> None:
@@ -333,12 +333,3 @@ class Agent:
         for key in [k for k in self._start_errors if k[0] == uid]:
             self._start_errors.pop(key, None)
 
-
-async def _until_created(bundle, timeout: float = 5.0) -> None:
-    """Wait for the runtime to write the init pid (or to give up with an exit status)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if (bundle / shim.INIT_PID).exists() or (bundle / shim.EXIT).exists():
-            return
-        await asyncio.sleep(0.002)

@@ -207,6 +207,7 @@ class Containers:
 
     def _remove_bundle(self, uid: str, container: str) -> None:
         bundle = self.bundle(uid, container)
+        shim.wait_settled(bundle, timeout=10.0)
         self.runtime.delete(self.container_id(uid, container), force=True)
         shim.wait_gone(bundle, timeout=5.0)  # let the supervisor record the exit and leave
         release_rootfs(bundle / "rootfs")

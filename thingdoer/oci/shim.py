@@ -107,11 +107,22 @@ async def wait(bundle: Path) -> None:
 
 def wait_gone(bundle: Path, timeout: float) -> bool:
     """Block (briefly: after the container was killed) until the supervisor has exited."""
+    return _wait(lambda: supervisor_pid(bundle) is None, timeout)
+
+
+def wait_settled(bundle: Path, timeout: float) -> bool:
+    """Block until the runtime has created the container or given up (or the supervisor is
+    gone): a container being created cannot be deleted yet — it would come up afterwards."""
+    return _wait(lambda: (bundle / INIT_PID).exists() or (bundle / EXIT).exists()
+                 or supervisor_pid(bundle) is None, timeout)
+
+
+def _wait(done, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while supervisor_pid(bundle) is not None:
+    while not done():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(0.002)
     return True
 
 
