@@ -52,7 +52,7 @@ def test_observing_a_container_as_it_exits_always_finds_its_exit_status(containe
                 if obs.state == EXITED:
                     break
         assert (obs.exit_code, obs.start_error) == (0, None), states
-        os.waitpid(int((containers.bundle(p.metadata.uid, "main") / "shim.pid").read_text()), 0)
+        os.waitpid(int((containers.bundle(p.metadata.uid, "main") / "shim.pid").read_text().split()[0]), 0)
 
 
 def test_a_container_that_cannot_start_is_a_start_error_in_the_runtimes_words(containers):

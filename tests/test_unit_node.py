@@ -341,3 +341,21 @@ def test_observe_is_not_fooled_by_a_supervisor_finishing_between_its_checks(tmp_
     monkeypatch.setattr(shim, "supervisor_pid", supervisor_finishing)
     files = shim.observe(tmp_path)
     assert files.exited and files.exit_code == 0
+
+
+def test_a_supervisor_is_known_by_pid_and_start_time(tmp_path):
+    """A recorded pid names the supervisor only while that pid has the recorded start time:
+    a reused pid is not it. (Matching on the command line failed while it was being exec'd.)"""
+    import os
+    from pathlib import Path
+
+    from thingdoer.oci import shim
+
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+    start_time = stat[stat.rindex(")") + 2:].split()[19]
+    (tmp_path / shim.SHIM_PID).write_text(f"{os.getpid()} {start_time}\n")
+    assert shim.supervisor_pid(tmp_path) == os.getpid()
+    (tmp_path / shim.SHIM_PID).write_text(f"{os.getpid()} {int(start_time) - 1}\n")
+    assert shim.supervisor_pid(tmp_path) is None
+    (tmp_path / shim.SHIM_PID).write_text("not a pid\n")
+    assert shim.supervisor_pid(tmp_path) is None

@@ -3,7 +3,8 @@
 The contract (what ``native/README.md`` will hold for the C shim of issue 3, which replaces the
 ``/bin/sh`` supervisor used here without changing any of it):
 
-    <bundle>/shim.pid   pid of the supervisor, written by the agent right after spawning it
+    <bundle>/shim.pid   "<pid> <start time>" of the supervisor (start time: field 22 of
+                        /proc/<pid>/stat), written by the agent right after spawning it
     <bundle>/pid        pid of the container's init, written by the runtime once it exists
     <bundle>/exit       the container's exit status in decimal (128+N for a death by signal
                         N), written atomically (tmp + rename) when the runtime returns
@@ -65,21 +66,31 @@ def spawn(runtime: Runtime, container_id: str, bundle: Path) -> int:
         raise Unavailable(f"starting the supervisor for {container_id}: {err}") from err
     finally:
         os.close(log_fd)
-    _write_atomic(bundle / SHIM_PID, f"{proc.pid}\n")
+    _write_atomic(bundle / SHIM_PID, f"{proc.pid} {_process(proc.pid)[1]}\n")
     proc.returncode = 0  # we reap it through its pidfd (``wait``); keep Popen from doing so
     return proc.pid
 
 
 def supervisor_pid(bundle: Path) -> int | None:
-    """The supervisor's pid if it is still running *and* is this bundle's (pids get reused).
+    """The supervisor's pid if it is still running *and* is this bundle's.
 
-    A zombie (exited, not yet reaped) has an empty command line and counts as gone."""
+    A process is known by its pid *and* its start time (pids get reused); an exited one that
+    is not yet reaped (a zombie) counts as gone. (Not by its command line: that reads empty
+    for a moment while the supervisor is being exec'd, and would look like a death.)"""
     try:
-        pid = int((bundle / SHIM_PID).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid_text, _, started = (bundle / SHIM_PID).read_text().partition(" ")
+        pid = int(pid_text)
+        state, start_time = _process(pid)
     except (OSError, ValueError):
         return None
-    return pid if str(bundle / EXIT).encode() + b"\0" in cmdline else None
+    return pid if state != "Z" and start_time == started.strip() else None
+
+
+def _process(pid: int) -> tuple[str, str]:
+    """(state letter, start time in clock ticks since boot) from ``/proc/<pid>/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and ')'
+    return fields[0], fields[19]
 
 
 async def wait(bundle: Path) -> None:
