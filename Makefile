@@ -12,7 +12,9 @@ SERVER    ?= http://127.0.0.1:7070
 THINGDOER := $(BIN)/thingdoer --server $(SERVER)
 
 # command → Debian package that provides it
-DEB_COMMANDS := runc:runc etcd:etcd-server busybox:busybox-static ip:iproute2 kubectl:kubernetes-client
+DEB_COMMANDS := runc:runc crun:crun etcd:etcd-server busybox:busybox-static ip:iproute2 \
+                kubectl:kubernetes-client gcc:gcc skopeo:skopeo umoci:umoci \
+                docker-registry:docker-registry nft:nftables qemu-system-x86_64:qemu-system-x86
 
 .PHONY: help deps venv image demo stop test lint bench clean
 
@@ -28,6 +30,8 @@ deps:
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
 	done; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
