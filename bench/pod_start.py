@@ -126,7 +126,9 @@ def main() -> int:
     up = subprocess.run([sys.executable, "-m", "thingdoer", "up", "--detach", "--state-dir", str(state),
                          "--listen", f"127.0.0.1:{api_port}", "--etcd-port", str(etcd_port),
                          "--node-name", "bench", "--port", str(agent_port), "--runtime", args.runtime,
-                         "--cgroup-parent", cgroup_parent], capture_output=True, text=True)
+                         "--cgroup-parent", cgroup_parent,
+                         # like raw runc: no pod network (and the host's network is left alone)
+                         "--network-mode", "none"], capture_output=True, text=True)
     if up.returncode != 0:
         print(up.stderr, file=sys.stderr)
         return 1

@@ -116,10 +116,13 @@ class Cluster:
         self.server = f"http://127.0.0.1:{self.api_port}"
         self.client = Client(self.server)
 
-    def _spawn(self, name: str, *argv: str) -> subprocess.Popen:
+    def _spawn(self, name: str, *argv: str, netns: str | None = None) -> subprocess.Popen:
+        """``netns``: run it in that named network namespace (``nsenter --net``, not ``ip netns
+        exec``, whose private mount namespace would hide the pod netns mounts it makes)."""
         log = open(self.tmp / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "thingdoer", "-v", *argv], stdout=log,
+        enter = ["nsenter", f"--net=/var/run/netns/{netns}"] if netns else []
+        proc = subprocess.Popen([*enter, sys.executable, "-m", "thingdoer", "-v", *argv], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
         log.close()
@@ -143,7 +146,11 @@ class Cluster:
             return False
 
     def add_worker(self, name: str, *, cpu: str = "4", memory: str = "8Gi", labels: dict | None = None,
-                   lease_ttl: int = 2, wait: bool = True) -> Path:
+                   lease_ttl: int = 2, wait: bool = True, network: list[str] | None = None,
+                   extra_args: list[str] | None = None, netns: str | None = None) -> Path:
+        """Workers share this host, so by default they run without a pod network
+        (``--network-mode none``, stated explicitly); ``network`` replaces those flags.
+        ``extra_args`` are more workerd flags (e.g. ``--insecure-registry HOST:PORT``)."""
         state = self.tmp / f"node-{name}"
         (state / "images").mkdir(parents=True, exist_ok=True)
         link = state / "images" / "oci"
@@ -153,10 +160,11 @@ class Cluster:
         argv = ["workerd", *self.etcd_args(), "--node-name", name, "--state-dir", str(state),
                 "--port", str(port), "--cpu", cpu, "--memory", memory,
                 "--cgroup-parent", self.cgroup_parent, "--lease-ttl", str(lease_ttl),
-                "--renew-interval", str(lease_ttl / 4)]
+                "--renew-interval", str(lease_ttl / 4),
+                *(network if network is not None else ["--network-mode", "none"]), *(extra_args or [])]
         for key, value in (labels or {}).items():
             argv += ["--label", f"{key}={value}"]
-        self._spawn(f"workerd-{name}", *argv)
+        self._spawn(f"workerd-{name}", *argv, netns=netns)
         self.workers[name] = state
         if wait:
             wait_until(lambda: self._node_ready(name), what=f"node {name} to be Ready")

@@ -3,7 +3,6 @@ container starts, runs and exits must always be a state it really was in."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -12,6 +11,7 @@ from thingdoer.cgroups import fs as cgroupfs
 from thingdoer.models import Pod, new_uid, parse_object
 from thingdoer.node.containers import Containers, NodeConfig
 from thingdoer.node.observed import EXITED
+from thingdoer.oci import shim
 
 from .conftest import needs_root, needs_runc
 
@@ -52,7 +52,7 @@ def test_observing_a_container_as_it_exits_always_finds_its_exit_status(containe
                 if obs.state == EXITED:
                     break
         assert (obs.exit_code, obs.start_error) == (0, None), states
-        os.waitpid(int((containers.bundle(p.metadata.uid, "main") / "shim.pid").read_text().split()[0]), 0)
+        assert shim.wait_gone(containers.bundle(p.metadata.uid, "main"), 10)  # not our child: it left us
 
 
 def test_a_container_that_cannot_start_is_a_start_error_in_the_runtimes_words(containers):

@@ -104,9 +104,9 @@ def test_resolve_accepts_a_missing_tag_as_latest_and_names_unknown_refs(tmp_path
     store = ImageStore(tmp_path)
     assert store.resolve("localhost/busybox").manifest_digest == store.resolve(REF).manifest_digest
     with pytest.raises(NotFound, match='image "busybox" not found'):
-        store.resolve("busybox")  # no shorthand: the ref must match exactly
-    with pytest.raises(NotFound, match="no OCI image layout"):
-        ImageStore(tmp_path / "nothing").resolve(REF)
+        store.resolve("busybox")  # docker.io/library/busybox:latest, not localhost/busybox
+    with pytest.raises(NotFound, match="pull, build or import it first"):
+        ImageStore(tmp_path / "nothing").resolve(REF)  # a node that has no image yet
 
 
 def test_corrupt_config_blob_is_refused_naming_it(tmp_path):
@@ -256,26 +256,27 @@ def rootfs(tmp_path):
 
 @needs_root
 @pytest.mark.parametrize("overlay", [True, False])
-def test_prepare_rootfs_shares_one_unpacked_copy_and_release_undoes_it(tmp_path, rootfs,
-                                                                        overlay):
+def test_prepare_rootfs_shares_unpacked_layers_and_release_undoes_it(tmp_path, rootfs, overlay):
     build_busybox_image(tmp_path / "layout")
     image = ImageStore(tmp_path / "layout").resolve(REF)
-    cache = tmp_path / "cache"
+    cache = tmp_path / "layers"
     assert prepare_rootfs(image, cache, rootfs, overlay=overlay) == (
         "overlay" if overlay else "copy")
-    [lower] = cache.iterdir()
-    assert lower.name == image.manifest_digest[7:]
     mounted = str(rootfs) in Path("/proc/self/mounts").read_text()
     assert mounted == overlay
+    layer_dirs = [p for p in cache.iterdir() if not p.name.startswith(".")] if overlay else []
+    # overlay: one dir per layer, named by its digest; copy: the layers applied into the rootfs
+    assert [p.name for p in layer_dirs] == ([image.layers[0][0][7:]] if overlay else [])
 
     (rootfs / "etc/passwd").write_text("changed")
-    assert (lower / "etc/passwd").read_text() != "changed"  # the cache is never written
+    for lower in layer_dirs:
+        assert (lower / "etc/passwd").read_text() != "changed"  # a layer is never written
 
     other = tmp_path / "bundle2" / "rootfs"
     try:
-        lower_inode = lower.stat().st_ino
+        inodes = [p.stat().st_ino for p in layer_dirs]
         prepare_rootfs(image, cache, other, overlay=overlay)
-        assert lower.stat().st_ino == lower_inode  # reused, not unpacked again
+        assert [p.stat().st_ino for p in layer_dirs] == inodes  # reused, not unpacked again
         assert "nobody" in (other / "etc/passwd").read_text()
     finally:
         release_rootfs(other)

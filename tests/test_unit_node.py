@@ -8,7 +8,7 @@ from thingdoer.cgroups.resources import linux_resources, quota, shares
 from thingdoer.models import ContainerState, ContainerStatus, Pod, PodCondition, PodStatus
 from thingdoer.models.pod import ContainerStateTerminated
 from thingdoer.node.host import allocatable
-from thingdoer.node.logs import CHUNK, read_log, tail_offset
+from thingdoer.node.logs import CHUNK, tail_offset
 from thingdoer.node.observed import (CREATED, EXITED, RUNNING_STATE, START_ERROR_EXIT, Observed,
                                      container_status, desired_status, pod_phase, same_status)
 
@@ -245,34 +245,7 @@ def test_tail_offset_of_many_short_lines_over_several_chunks(tmp_path):
             b"line %06d\n" % i for i in range(30_000 - lines, 30_000))
 
 
-async def _collect(path, tail_lines, follow=False, finished=lambda: True) -> bytes:
-    return b"".join([chunk async for chunk in read_log(path, tail_lines=tail_lines, follow=follow,
-                                                         finished=finished)])
-
-
-@pytest.mark.parametrize("tail_lines, expected", [
-    (None, b"one\ntwo\nthree\n"), (2, b"two\nthree\n"), (0, b""), (100, b"one\ntwo\nthree\n"),
-])
-def test_read_log_without_follow(tmp_path, tail_lines, expected):
-    """read_log(follow=False) yields the tail (or all) of the file once and ends."""
-    path = tmp_path / "log"
-    path.write_bytes(b"one\ntwo\nthree\n")
-    assert asyncio.run(_collect(path, tail_lines)) == expected
-
-
-def test_read_log_of_a_large_file(tmp_path):
-    """Files over one chunk are read in full."""
-    content = b"z" * (3 * CHUNK + 17)
-    path = tmp_path / "log"
-    path.write_bytes(content)
-    assert asyncio.run(_collect(path, None)) == content
-
-
-def test_read_log_follow_ends_when_finished(tmp_path):
-    """read_log(follow=True) of a finished container yields everything and ends."""
-    path = tmp_path / "log"
-    path.write_bytes(b"done\n")
-    assert asyncio.run(asyncio.wait_for(_collect(path, None, follow=True, finished=lambda: True), 2)) == b"done\n"
+# read_log (CRI records, rotation, follow): tests/test_logs.py
 
 
 # --- cgroups: linux_resources -----------------------------------------------------------------

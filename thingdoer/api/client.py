@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import httpx
 
 from ..errors import ThingdoerError, Unavailable
-from ..models import Node, Pod
+from ..models import Node, Pod, streams
 from .status import error_from_status
 
 DEFAULT_SERVER = "http://127.0.0.1:7070"
@@ -84,13 +84,37 @@ class Client:
         return Pod.model_validate(response.json())
 
     def logs(self, namespace: str, name: str, *, container: str | None = None,
-             follow: bool = False, tail_lines: int | None = None) -> Iterator[bytes]:
+             follow: bool = False, tail_lines: int | None = None, since_seconds: int | None = None,
+             since_time: str | None = None, timestamps: bool = False,
+             previous: bool = False) -> Iterator[bytes]:
         params = {"follow": "true" if follow else "false"}
-        if container:
-            params["container"] = container
-        if tail_lines is not None:
-            params["tailLines"] = str(tail_lines)
+        for key, value in (("container", container), ("tailLines", tail_lines),
+                           ("sinceSeconds", since_seconds), ("sinceTime", since_time)):
+            if value is not None:
+                params[key] = str(value)
+        for key, value in (("timestamps", timestamps), ("previous", previous)):
+            if value:
+                params[key] = "true"
         yield from self._stream(f"{self.pods_path(namespace)}/{name}/log", params)
+
+    def exec(self, namespace: str, name: str, command: list[str], *,
+             container: str | None = None) -> Iterator[tuple[int, bytes]]:
+        """(channel, bytes) of a command run in the pod's container: ``streams.STDOUT`` and
+        ``STDERR`` as they come, then ``STATUS`` with the final Status JSON."""
+        params = [("command", arg) for arg in command]
+        if container:
+            params.append(("container", container))
+        reader = streams.FrameReader()
+        try:
+            with self._http.stream("POST", f"{self.pods_path(namespace)}/{name}/exec",
+                                   params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_for_status(response)
+                for chunk in response.iter_raw():
+                    yield from reader.feed(chunk)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"lost the exec stream from apid at {self.server}: {err}") from err
 
     # -- nodes -------------------------------------------------------------------------
 

@@ -19,21 +19,26 @@ import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from ..cluster.keys import Keys
 from ..cluster.registry import Nodes, Pods, Registry
 from ..cluster.store import Store
 from ..serving import serve_http
-from ..errors import BadRequest, Gone, Invalid, NotFound, ThingdoerError, Unavailable
+from ..errors import BadRequest, Conflict, Gone, Invalid, NotFound, ThingdoerError, Unavailable
 from ..models import Node, NodeList, Pod, PodList, admit_pod, is_terminal, now, parse_object
-from . import discovery, tables
+from ..models import streams
+from ..models.streams import MEDIA_TYPE as EXEC_MEDIA
+from . import discovery, metrics, tables
 from .selectors import field_selector, label_selector
 from .status import status_body
 
 log = logging.getLogger(__name__)
 
 TABLE_MEDIA = "as=Table"
+WS_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")  # kubectl offers these first
+LOG_PARAMS = ("follow", "tailLines", "sinceSeconds", "sinceTime", "timestamps", "previous")
 
 
 class Api:
@@ -53,7 +58,7 @@ class Api:
         return JSONResponse(discovery.api_versions(request.url.netloc))
 
     async def apis(self, request: Request) -> Response:
-        return JSONResponse(discovery.api_groups())
+        return JSONResponse({**discovery.api_groups(), "groups": [metrics.API_GROUP]})
 
     async def core_v1(self, request: Request) -> Response:
         return JSONResponse(discovery.core_v1_resources())
@@ -142,8 +147,59 @@ class Api:
 
     async def pod_log(self, request: Request) -> Response:
         namespace, name = request.path_params["namespace"], request.path_params["name"]
+        container, agent = await self._pod_agent(namespace, name, request.query_params.get("container"))
+        url = f"{agent}/containerLogs/{namespace}/{name}/{container}"
+        params = {k: v for k, v in request.query_params.items() if k in LOG_PARAMS}
+        return await self._proxy_stream(url, params)
+
+    async def pod_exec(self, request: Request) -> Response:
+        """Run a command in a pod's container on its node; the node's frames pass through."""
+        namespace, name = request.path_params["namespace"], request.path_params["name"]
+        container, agent = await self._pod_agent(namespace, name, request.query_params.get("container"))
+        url = f"{agent}/exec/{namespace}/{name}/{container}"
+        command = request.query_params.getlist("command")
+        if not command:
+            raise BadRequest("give the command to run as command=... (one per argument)")
+        return await self._proxy_stream(url, {"command": command}, method="POST",
+                                        media_type=EXEC_MEDIA)
+
+    async def pod_exec_websocket(self, websocket: WebSocket) -> None:
+        """kubectl exec: Kubernetes' websocket channel protocol (v4/v5.channel.k8s.io), each
+        message one channel byte + data — the node's frames, re-wrapped. No stdin yet."""
+        p, query = websocket.path_params, websocket.query_params
+        offered = websocket.scope.get("subprotocols") or []
+        protocol = next((s for s in WS_PROTOCOLS if s in offered), None)
+        await websocket.accept(subprotocol=protocol)
+        try:
+            if protocol is None:
+                raise BadRequest(f"exec speaks the websocket subprotocols {', '.join(WS_PROTOCOLS)}")
+            if query.get("stdin") in ("true", "1") or query.get("tty") in ("true", "1"):
+                raise BadRequest("exec has no stdin or TTY yet: run it without -i and -t")
+            container, agent = await self._pod_agent(p["namespace"], p["name"], query.get("container"))
+            command = query.getlist("command")
+            if not command:
+                raise BadRequest("give the command to run")
+            url = f"{agent}/exec/{p['namespace']}/{p['name']}/{container}"
+            reader = streams.FrameReader()
+            try:
+                async with self._node_client.stream("POST", url, params={"command": command}) as upstream:
+                    if upstream.status_code != 200:
+                        raise Conflict((await upstream.aread()).decode(errors="replace").strip())
+                    async for chunk in upstream.aiter_raw():
+                        for channel, data in reader.feed(chunk):
+                            await websocket.send_bytes(bytes([channel]) + data)
+            except httpx.HTTPError as err:
+                raise Unavailable(f"cannot reach the node agent at {url}: {err}") from err
+        except ThingdoerError as err:
+            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "reason": err.reason, "message": str(err)}
+            await websocket.send_bytes(bytes([streams.STATUS]) + json.dumps(status).encode())
+        await websocket.close()
+
+    async def _pod_agent(self, namespace: str, name: str, container: str | None) -> tuple[str, str]:
+        """(container name, base URL of the node agent) of a pod's container: the one named,
+        or the pod's only one."""
         pod = await self.pods.get(namespace, name)
-        container = request.query_params.get("container")
         names = [c.name for c in pod.spec.containers]
         if container is None:
             if len(names) > 1:
@@ -155,25 +211,20 @@ class Api:
         if not pod.spec.nodeName:
             raise BadRequest(f'container "{container}" in pod "{name}" is waiting to start: '
                              "the pod is not scheduled yet")
-        node = await self.nodes.get(pod.spec.nodeName)
-        address, endpoints = node.address(), node.status.daemonEndpoints
-        if not address or not endpoints or not endpoints.kubeletEndpoint:
-            raise Unavailable(f"node {node.metadata.name} publishes no agent address for logs")
-        url = (f"http://{address}:{endpoints.kubeletEndpoint.Port}"
-               f"/containerLogs/{namespace}/{name}/{container}")
-        params = {k: v for k, v in request.query_params.items() if k in ("follow", "tailLines")}
-        return await self._proxy_stream(url, params)
+        return container, (await self.nodes.get(pod.spec.nodeName)).agent_url()
 
-    async def _proxy_stream(self, url: str, params: dict) -> Response:
+    async def _proxy_stream(self, url: str, params: dict, method: str = "GET",
+                            media_type: str = "text/plain") -> Response:
         try:
             upstream = await self._node_client.send(
-                self._node_client.build_request("GET", url, params=params), stream=True)
+                self._node_client.build_request(method, url, params=params), stream=True)
         except httpx.HTTPError as err:
             raise Unavailable(f"cannot reach the node agent at {url}: {err}") from err
         if upstream.status_code != 200:
             body = (await upstream.aread()).decode(errors="replace")
             await upstream.aclose()
-            raise NotFound(body.strip() or f"node agent answered {upstream.status_code}")
+            kind = {400: BadRequest, 409: Conflict}.get(upstream.status_code, NotFound)
+            raise kind(body.strip() or f"node agent answered {upstream.status_code}")
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -182,7 +233,7 @@ class Api:
             finally:
                 await upstream.aclose()
 
-        return StreamingResponse(relay(), media_type="text/plain")
+        return StreamingResponse(relay(), media_type=media_type)
 
     # -- nodes -------------------------------------------------------------------------
 
@@ -260,23 +311,41 @@ class Api:
 
     @staticmethod
     async def _until(stream: AsyncIterator[bytes], timeout: float | None) -> AsyncIterator[bytes]:
-        """Relay ``stream``, ending it after ``timeout`` seconds (the watch's timeoutSeconds)."""
-        try:
-            if timeout is None:
+        """Relay ``stream``, ending it after ``timeout`` seconds (the watch's timeoutSeconds).
+
+        One task of its own drains ``stream`` into a queue, so ending early (timeout, client
+        gone) cancels that task — the only one ever running the generator — instead of
+        closing a generator another task is still inside."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+        done = object()
+
+        async def produce() -> None:
+            try:
                 async for chunk in stream:
-                    yield chunk
-            else:
-                deadline = asyncio.get_running_loop().time() + timeout
-                while True:
-                    remaining = deadline - asyncio.get_running_loop().time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        yield await asyncio.wait_for(stream.__anext__(), remaining)
-                    except (asyncio.TimeoutError, StopAsyncIteration):
-                        break
+                    await queue.put(chunk)
+            finally:
+                queue.put_nowait(done) if not queue.full() else None
+
+        producer = asyncio.create_task(produce())
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    chunk = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if chunk is done:
+                    if producer.done() and producer.exception():
+                        raise producer.exception()
+                    break
+                yield chunk
         finally:
-            await stream.aclose()
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
 
     async def close(self) -> None:
         await self._node_client.aclose()
@@ -394,10 +463,13 @@ def make_app(api: Api) -> Starlette:
         Route(ns_pods + "/{name}", _handler(api.delete_pod), methods=["DELETE"]),
         Route(ns_pods + "/{name}/status", _handler(api.get_pod), methods=["GET"]),
         Route(ns_pods + "/{name}/log", _handler(api.pod_log), methods=["GET"]),
+        Route(ns_pods + "/{name}/exec", _handler(api.pod_exec), methods=["POST"]),
+        WebSocketRoute(ns_pods + "/{name}/exec", api.pod_exec_websocket),
         Route("/api/v1/nodes", _handler(api.list_nodes), methods=["GET"]),
         Route("/api/v1/nodes/{name}", _handler(api.get_node), methods=["GET"]),
         Route("/api/v1/nodes/{name}", _handler(api.delete_node), methods=["DELETE"]),
     ]
+    routes += metrics.routes(api, _handler)  # metrics.k8s.io and the node stats proxy
     return Starlette(routes=routes)
 
 

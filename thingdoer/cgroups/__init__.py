@@ -1,5 +1,6 @@
-"""cgroups: the only code that knows cgroupfs.
+"""cgroups: the only code that reads or writes cgroupfs.
 
-``resources`` turns pod limits into the OCI ``linux.resources`` runc applies (pure);
-``fs`` finds the host's hierarchies (v2, or v1 on hybrid hosts) and removes a subtree.
+``fs`` does the file I/O and refuses paths outside cgroupfs; ``parse`` knows every file
+format; ``resources`` maps pod limits to cgroup values (pure); ``driver`` is the one interface
+(apply limits, read usage, count OOM kills, remove) that ``v2`` and ``v1`` implement.
 """

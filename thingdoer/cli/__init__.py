@@ -6,6 +6,7 @@ own. Every error ends as one line on stderr and a non-zero exit status, never a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -237,15 +238,47 @@ def _wait_gone(api: Client, namespace: str, name: str, timeout: float) -> None:
 @click.option("-c", "--container")
 @click.option("-f", "--follow", is_flag=True)
 @click.option("--tail", type=int, help="Only the last N lines.")
+@click.option("--since", type=duration, help="Only lines newer than a duration, e.g. 5m.")
+@click.option("--since-time", help="Only lines at or after an RFC 3339 time.")
+@click.option("--timestamps", is_flag=True, help="Start each line with its time.")
+@click.option("-p", "--previous", is_flag=True, help="The last run of a restarted container.")
 @namespace_option
 @click.pass_context
-def logs(ctx, pod, container, follow, tail, namespace) -> None:
+def logs(ctx, pod, container, follow, tail, since, since_time, timestamps, previous, namespace) -> None:
     """Print a container's output (stdout and stderr)."""
     out = sys.stdout.buffer
     with client(ctx) as api:
-        for chunk in api.logs(namespace, pod, container=container, follow=follow, tail_lines=tail):
+        for chunk in api.logs(namespace, pod, container=container, follow=follow, tail_lines=tail,
+                              since_seconds=None if since is None else int(since + 0.999),
+                              since_time=since_time, timestamps=timestamps, previous=previous):
             out.write(chunk)
             out.flush()
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("pod")
+@click.option("-c", "--container")
+@namespace_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec_(ctx, pod, container, namespace, command) -> None:
+    """Run COMMAND in a running container:  thingdoer exec POD [-c C] -- CMD ARGS...
+
+    Its stdout and stderr are streamed here; thingdoer exits with its exit code."""
+    from ..models import streams
+
+    with client(ctx) as api:
+        for channel, data in api.exec(namespace, pod, list(command), container=container):
+            if channel == streams.STATUS:
+                try:
+                    code = streams.exit_code(json.loads(data))
+                except ValueError as err:
+                    raise ThingdoerError(str(err)) from None
+                sys.exit(code)
+            out = sys.stdout.buffer if channel == streams.STDOUT else sys.stderr.buffer
+            out.write(data)
+            out.flush()
+    raise ThingdoerError("the exec stream ended without the command's exit status")
 
 
 @cli.command()
@@ -310,6 +343,15 @@ def build_busybox(state_dir: Path, ref: str) -> None:
     click.echo(f"{ref} {digest}")
 
 
+from .images import register as _register_image_commands  # noqa: E402 (needs the group)
+
+_register_image_commands(image, DEFAULT_STATE_DIR)
+
+from .top import register as _register_top  # noqa: E402 (needs the group)
+
+_register_top(cli, client)
+
+
 # -- daemons --------------------------------------------------------------------------------
 
 
@@ -337,17 +379,50 @@ def agent_options(fn):
         click.option("--reserved-cpu", default="0", show_default=True, help="cpu kept from pods."),
         click.option("--reserved-memory", default="0", show_default=True, help="memory kept from pods."),
         click.option("--runtime", default="runc", show_default=True, help="OCI runtime binary (runc or crun)."),
+        click.option("--insecure-registry", "insecure_registries", multiple=True, metavar="HOST:PORT",
+                     help="Registry pulled from over plain HTTP (e.g. one on loopback), repeatable."),
+        click.option("--registry-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="Docker-style config.json with registry credentials (auths)."),
         click.option("--cgroup-parent", default="thingdoer", show_default=True,
                      help="cgroup under which pod cgroups are made."),
+        click.option("--pids-limit", type=click.IntRange(min=1), default=4096, show_default=True,
+                     help="Default pids.max of each pod (a fork bomb stops there)."),
+        click.option("--container-log-max-size", "log_max_size", default="10Mi", show_default=True,
+                     help="Size at which a container's log file is rotated (a quantity: 10Mi)."),
+        click.option("--container-log-max-files", "log_max_files", type=click.IntRange(min=1), default=5,
+                     show_default=True, help="Log files kept per container, the live one included."),
         click.option("--lease-ttl", type=int, default=3, show_default=True, help="Node lease TTL, seconds."),
         click.option("--renew-interval", type=float, default=1.0, show_default=True,
                      help="Seconds between lease renewals."),
         click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR,
                      show_default=True),
+        click.option("--network-mode", type=click.Choice(["builtin", "flannel", "none"]), default="builtin",
+                     show_default=True, help="Pod network: builtin (lease a flannel subnet, route it), "
+                     "flannel (a flanneld owns subnet and routes), none (loopback only)."),
+        click.option("--bridge", default="cni0", show_default=True, help="Bridge the pods' veths are on."),
+        click.option("--public-ip", help="Address other nodes reach this one at [default route's]."),
+        click.option("--subnet-env", type=click.Path(path_type=Path), default="/run/flannel/subnet.env",
+                     show_default=True, help="flannel's subnet.env (builtin writes it, flannel reads it)."),
+        click.option("--flannel-prefix", default="/coreos.com/network", show_default=True,
+                     help="etcd prefix of the flannel network (flanneld's --etcd-prefix)."),
+        click.option("--network-repair-interval", type=float, default=10.0, show_default=True,
+                     help="Seconds between checks of the node's routes (builtin)."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def log_size(text: str) -> int:
+    from ..models import quantity
+
+    try:
+        size = int(quantity.parse(text))
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r}: {err}", param_hint="--container-log-max-size") from None
+    if size < 1024:
+        raise click.BadParameter(f"{text!r}: use at least 1Ki", param_hint="--container-log-max-size")
+    return size
 
 
 def agent_config(o: dict):
@@ -376,7 +451,30 @@ def agent_config(o: dict):
         labels=key_values(o["labels"], "--label"), capacity=capacity,
         reserved={"cpu": o["reserved_cpu"], "memory": o["reserved_memory"]},
         lease_ttl=o["lease_ttl"], renew_interval=o["renew_interval"],
-        node=NodeConfig(state_dir=o["state_dir"], runtime=o["runtime"], cgroup_parent=o["cgroup_parent"]))
+        node=NodeConfig(state_dir=o["state_dir"], runtime=o["runtime"], cgroup_parent=o["cgroup_parent"],
+                        pids_limit=o["pids_limit"], log_max_size=log_size(o["log_max_size"]),
+                        log_max_files=o["log_max_files"],
+                        insecure_registries=tuple(o["insecure_registries"]),
+                        registry_config=o["registry_config"]),
+        network=network_options(o))
+
+
+def network_options(o: dict):
+    from ipaddress import IPv4Address
+
+    from ..node.network import NetworkOptions
+
+    if o["public_ip"]:
+        try:
+            IPv4Address(o["public_ip"])
+        except ValueError as err:
+            raise click.BadParameter(f"{o['public_ip']!r}: {err}", param_hint="--public-ip") from None
+    if not 0 < len(o["bridge"]) < 16 or "/" in o["bridge"] or " " in o["bridge"]:
+        raise click.BadParameter(f"{o['bridge']!r}: an interface name of 1 to 15 characters",
+                                 param_hint="--bridge")
+    return NetworkOptions(mode=o["network_mode"], bridge=o["bridge"], public_ip=o["public_ip"],
+                          subnet_env=o["subnet_env"], flannel_prefix=o["flannel_prefix"],
+                          repair_interval=o["network_repair_interval"])
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from ..cluster.scheduler import Scheduler
 from ..cluster.store import Store
 from ..node.agent import Agent, AgentConfig
 from ..node.http import serve as serve_node
+from ..node.network import ensure_default_config
 
 log = logging.getLogger("thingdoer")
 
@@ -100,6 +101,8 @@ async def up(state_dir: Path, *, etcd_port: int, api_host: str, api_port: int,
     try:
         async with Store(etcd.endpoint) as store:
             keys = Keys(prefix)
+            if agent.network.mode != "none" and await ensure_default_config(store, agent.network.flannel_prefix):
+                log.info("wrote the default pod network config under %s", agent.network.flannel_prefix)
             registered, api_started = asyncio.Event(), asyncio.Event()
             tasks = [asyncio.create_task(workerd(store, keys, agent, registered))]
             await _first_failure(tasks, until=registered)

@@ -1,7 +1,9 @@
 """Running a local etcd server as a child process (``thingdoer up``, and the tests).
 
 The server listens on loopback only, keeps its data under ``data_dir`` and is stopped by
-the pid it was started with — never by name.
+the pid it was started with — never by name. It runs in a session of its own, so a ``kill -9``
+of ``thingdoer up`` leaves it running; the next ``up`` on the same data dir adopts it (its pid
+and start time are in ``data_dir/etcd.pid``) instead of failing to bind its ports.
 """
 
 from __future__ import annotations
@@ -9,12 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from ..errors import Unavailable
+
+PID_FILE = "etcd.pid"
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of ``/proc/<pid>/stat`` (clock ticks since boot): with the pid, names a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2:].split()[19]
 
 
 class EtcdServer:
@@ -24,6 +35,7 @@ class EtcdServer:
         self.client_port, self.peer_port, self.host = client_port, peer_port, host
         self.binary = binary
         self.proc: subprocess.Popen | None = None
+        self.adopted: int | None = None  # pid of an etcd a killed ``up`` left behind
 
     @property
     def endpoint(self) -> str:
@@ -33,6 +45,8 @@ class EtcdServer:
         if shutil.which(self.binary) is None:
             raise Unavailable(f"{self.binary} not found: install it (apt-get install etcd-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._adopt():
+            return
         peer = f"http://{self.host}:{self.peer_port}"
         argv = [self.binary, "--name", "thingdoer", "--data-dir", str(self.data_dir / "data"),
                 "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
@@ -46,6 +60,7 @@ class EtcdServer:
                                          start_new_session=True)
         finally:
             log.close()
+        (self.data_dir / PID_FILE).write_text(f"{self.proc.pid} {_start_time(self.proc.pid)}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,7 +80,34 @@ class EtcdServer:
         except (OSError, ValueError):
             return False
 
+    def _adopt(self) -> bool:
+        """Take over the etcd a killed ``up`` left running on this data dir (known by its pid
+        *and* start time, as pids are reused), if it still answers."""
+        try:
+            pid_text, _, started = (self.data_dir / PID_FILE).read_text().partition(" ")
+            pid = int(pid_text)
+            alive = _start_time(pid) == started.strip()
+        except (OSError, ValueError):
+            return False
+        if alive and self.healthy():
+            self.adopted = pid
+            return True
+        return False
+
     def stop(self, timeout: float = 10.0) -> None:
+        if self.adopted is not None:  # not our child: signal it by pid and watch /proc
+            pid, self.adopted = self.adopted, None
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    return
+                deadline = time.monotonic() + timeout
+                while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if not Path(f"/proc/{pid}").exists():
+                    return
+            return
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()

@@ -5,6 +5,7 @@
     <prefix>/alive/<name>              node liveness: bound to the node's lease, gone when it expires
 
 Names are validated DNS labels/subdomains before they get here, so they cannot contain ``/``.
+Flannel's keys (``FlannelKeys``) have a prefix of their own, shared with flanneld hosts.
 """
 
 from __future__ import annotations
@@ -38,3 +39,28 @@ class Keys:
     @staticmethod
     def last_part(key: str) -> str:
         return key.rsplit("/", 1)[-1]
+
+
+FLANNEL_PREFIX = "/coreos.com/network"
+
+
+class FlannelKeys:
+    """flannel's own keys, byte for byte (flanneld's ``--etcd-prefix``, default
+    ``/coreos.com/network``), shared with any flanneld host of the same network:
+
+        <prefix>/config                      the network config JSON
+        <prefix>/subnets/<a.b.c.d>-<len>     one node's subnet lease, bound to an etcd lease
+    """
+
+    def __init__(self, prefix: str = FLANNEL_PREFIX):
+        self.prefix = prefix.rstrip("/")
+
+    def config(self) -> str:
+        return f"{self.prefix}/config"
+
+    def subnets(self) -> str:
+        return f"{self.prefix}/subnets/"
+
+    def subnet(self, name: str) -> str:
+        """``name`` is ``subnets.subnet_key(...)``, e.g. ``10.244.1.0-24``."""
+        return f"{self.prefix}/subnets/{name}"

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from ..errors import Unavailable
 from . import quantity
 from .meta import ListMeta, Model, ObjectMeta, check_dns_subdomain
 
@@ -91,6 +92,13 @@ class Node(Model):
 
     def address(self, kind: str = "InternalIP") -> str | None:
         return next((a.address for a in self.status.addresses if a.type == kind), None)
+
+    def agent_url(self) -> str:
+        """Base URL of the node agent's HTTP API: InternalIP and the kubelet endpoint port."""
+        address, endpoints = self.address(), self.status.daemonEndpoints
+        if not address or not endpoints or not endpoints.kubeletEndpoint:
+            raise Unavailable(f"node {self.metadata.name} publishes no agent address")
+        return f"http://{address}:{endpoints.kubeletEndpoint.Port}"
 
 
 class NodeList(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -11,6 +12,10 @@ from .meta import ListMeta, Model, ObjectMeta, check_dns_label
 from .phases import PENDING
 
 RESOURCE_NAMES = ("cpu", "memory")
+MIN_MEMORY_LIMIT = 6 * 2**20  # as Docker's floor: runc's init must fit under the limit
+MIN_CPU_LIMIT_MILLIS = 10
+PIDS_ANNOTATION, IO_ANNOTATION = "thingdoer.io/pids-limit", "thingdoer.io/io-max"
+_IO_MAX = re.compile(r"^\s*\d+:\d+(\s+(rbps|wbps|riops|wiops)=\d+)+\s*$")
 
 
 class EnvVar(Model):
@@ -68,6 +73,13 @@ class ResourceRequirements(Model):
             if req is not None and lim is not None and quantity.parse(req) > quantity.parse(lim):
                 raise ValueError(f'requests.{name}: Invalid value: "{req}": must be less than '
                                  f'or equal to {name} limit of {lim}')
+        memory, cpu = (self.limits or {}).get("memory"), (self.limits or {}).get("cpu")
+        if memory is not None and quantity.parse(memory) < MIN_MEMORY_LIMIT:
+            raise ValueError(f'limits.memory: Invalid value: "{memory}": must be at least 6Mi, '
+                             "the least a container starts in (runc's init runs inside the limit)")
+        if cpu is not None and 0 < quantity.cpu_millis(cpu) < MIN_CPU_LIMIT_MILLIS:
+            raise ValueError(f'limits.cpu: Invalid value: "{cpu}": must be 0 (no limit) or at least '
+                             "10m, the kernel's smallest CFS quota (1 ms per 100 ms period)")
         return self
 
     def request(self, name: str) -> str | None:
@@ -199,6 +211,15 @@ class Pod(Model):
                 check_dns_label(meta.name)
             except ValueError as err:
                 raise ValueError(f'name: Invalid value: "{meta.name}": {err}') from None
+        annotations = meta.annotations or {}
+        pids = annotations.get(PIDS_ANNOTATION)
+        if pids is not None and (not pids.isdigit() or int(pids) < 1):
+            raise ValueError(f'annotations[{PIDS_ANNOTATION}]: Invalid value: "{pids}": must be a '
+                             "whole number of processes, at least 1")
+        io = annotations.get(IO_ANNOTATION)
+        if io is not None and not all(_IO_MAX.match(line) for line in io.split(";") if line.strip()):
+            raise ValueError(f'annotations[{IO_ANNOTATION}]: Invalid value: "{io}": must be lines '
+                             "'MAJ:MIN key=N ...' separated by ';', keys rbps wbps riops wiops")
         return meta
 
     @property

@@ -1,2 +1,3 @@
-"""Pod networking (issue 5): flannel-compatible subnets, a netns per pod. Not built yet: pods
-get a network namespace of their own with loopback only."""
+"""Pod networking, the host side: flannel-compatible subnet maths and formats (``subnets``, pure),
+pod address bookkeeping (``ipam``), netlink (``netlink``, the only pyroute2 importer) and the
+masquerade table (``nft``, the only module that runs ``nft``). ``node/network.py`` drives them."""

@@ -31,6 +31,9 @@ from ..models.node import DaemonEndpoint, NodeDaemonEndpoints
 from ..oci import shim
 from . import host
 from .containers import Containers, NodeConfig
+from .oom import OomMonitor
+from .stats import Collector
+from .network import Network, NetworkOptions
 from .observed import (EXITED, RUNNING_STATE, container_status, desired_status, same_status,
                        terminated_state)
 from .restart import backoff, should_restart
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 KILL_WAIT = 10.0  # seconds to wait for a SIGKILLed container to be reaped
 START_RETRY = 10.0  # seconds before a container that failed to start is tried again
 GONE = "gone"
+CGROUP_MODE_LABEL = "thingdoer.io/cgroup-mode"  # v1 | v2: which cgroup driver the node runs
 
 
 @dataclass
@@ -54,6 +58,7 @@ class AgentConfig:
     lease_ttl: int = 3
     renew_interval: float = 1.0
     resync_interval: float = 10.0
+    network: NetworkOptions = field(default_factory=NetworkOptions)  # default mode: none
 
 
 class Agent:
@@ -62,11 +67,15 @@ class Agent:
         self.pods = Pods(store, keys)
         self.nodes = Nodes(store, keys)
         self.containers = Containers(config.node)
+        self.oom = OomMonitor(self.containers.cgroups, self.poke)  # v1: catches kills as they happen
+        self.stats = Collector(self.containers.cgroups, self.containers.cgroup, self.mine, config.name)
+        self.network = Network(store, config.network, config.node.state_dir, config.name)
         self.cache = Informer(self.pods, lambda p: p.metadata.uid or "")
         self._dirty: dict[str, asyncio.Event] = {}
         self._workers: dict[str, asyncio.Task] = {}
         self._waiters: dict[tuple[str, str], asyncio.Task] = {}
         self._start_errors: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._pull_failures: dict[tuple[str, str], int] = {}  # failed pulls in a row
         self._lease = 0
         self.registered = asyncio.Event()
 
@@ -83,7 +92,7 @@ class Agent:
         return Node(
             metadata=ObjectMeta(name=self.name, uid=new_uid(), creationTimestamp=stamp, labels={
                 "kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
-                **self.config.labels}),
+                CGROUP_MODE_LABEL: self.containers.cgroups.mode, **self.config.labels}),
             status=NodeStatus(
                 capacity=capacity, allocatable=host.allocatable(capacity, self.config.reserved),
                 conditions=[self._ready_condition(stamp)],
@@ -140,9 +149,11 @@ class Agent:
     # -- the pods --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self.network.start()  # before the node is Ready: pods need their subnet
         await self.register()
         tasks = [asyncio.create_task(self.heartbeat()), asyncio.create_task(self.cache.run()),
-                 asyncio.create_task(self._dispatch()), asyncio.create_task(self._resync())]
+                 asyncio.create_task(self._dispatch()), asyncio.create_task(self._resync()),
+                 asyncio.create_task(self.network.run()), asyncio.create_task(self.stats.run())]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -174,7 +185,8 @@ class Agent:
     async def _collect_orphans(self) -> None:
         """Pods this node has files for but etcd does not assign to it any more."""
         on_disk = await asyncio.to_thread(self.containers.pods_on_disk)
-        for uid in on_disk.keys() - self.mine().keys():
+        on_disk = on_disk.keys() | await asyncio.to_thread(self.network.known_pods)
+        for uid in on_disk - self.mine().keys():
             self.poke(uid)
 
     def poke(self, uid: str) -> None:
@@ -209,11 +221,13 @@ class Agent:
         if pod is None:  # gone from etcd, or bound elsewhere: nothing of it may keep running
             await self._stop(uid, grace=0)
             await asyncio.to_thread(self.containers.remove_pod, uid)
+            await asyncio.to_thread(self.network.unwire, uid)
             self._forget(uid)
             return GONE
         if pod.metadata.deletionTimestamp:
             await self._stop(uid, grace=pod.metadata.deletionGracePeriodSeconds or 0)
             await asyncio.to_thread(self.containers.remove_pod, uid)
+            await asyncio.to_thread(self.network.unwire, uid)
             self._forget(uid)
             await self.pods.delete_at(self.keys.pod(*pod.key), pod.metadata.resourceVersion)
             log.info("pod %s/%s deleted", *pod.key)
@@ -222,20 +236,35 @@ class Agent:
             await self._stop(uid, grace=pod.spec.terminationGracePeriodSeconds)  # e.g. lost, then back
             return None
         loop = asyncio.get_running_loop()
+        try:
+            wiring = await asyncio.to_thread(self.network.wire, pod)  # before any container starts
+        except (Invalid, Unavailable) as err:  # e.g. no free pod address: shown; the resync retries
+            for container in pod.spec.containers:
+                self._start_errors[(uid, container.name)] = (
+                    "CreateContainerError", f"pod network: {err}", loop.time())
+            await self._report(pod)
+            return None
         for container in pod.spec.containers:
             failed = self._start_errors.get((uid, container.name))
-            if failed and loop.time() - failed[2] < START_RETRY:
+            retry_in = self._retry_in((uid, container.name))
+            if failed and loop.time() - failed[2] < retry_in:
+                # ErrImagePull for the first half of the back-off, then ImagePullBackOff (a
+                # time, not a pass count: our own status write triggers the next pass).
+                if failed[0] == "ErrImagePull" and loop.time() - failed[2] >= retry_in / 2:
+                    self._start_errors[(uid, container.name)] = (
+                        "ImagePullBackOff", f'Back-off pulling image "{container.image}": '
+                                            f"{failed[1]}", failed[2])
                 continue
             obs = self.containers.observe(uid, container.name)
             if obs is None:
-                await self._start(pod, container)
+                await self._start(pod, container, wiring)
             elif (wait := self._restart_in(pod, obs)) is not None:
                 if wait > 0:
                     loop.call_later(wait, self.poke, uid)
                     continue
                 await asyncio.to_thread(self.containers.recycle, uid, container.name,
                                         terminated_state(obs).dump())
-                await self._start(pod, container)
+                await self._start(pod, container, wiring)
         await self._report(pod)
         return None
 
@@ -248,11 +277,17 @@ class Agent:
         finished = parse_time(obs.finished_at).timestamp() if obs.finished_at else 0.0
         return backoff(restarts) - (time.time() - finished)
 
-    async def _start(self, pod: Pod, container) -> None:
+    async def _start(self, pod: Pod, container, wiring=None) -> None:
         uid, key = pod.metadata.uid, (pod.metadata.uid, container.name)
         now_ = asyncio.get_running_loop().time()
         try:
-            await asyncio.to_thread(self.containers.start, pod, container)
+            await asyncio.to_thread(self.containers.pull_image, container)
+        except (ThingdoerError, OSError) as err:
+            self._pull_failed(uid, key, err, now_)
+            return
+        self._pull_failures.pop(key, None)
+        try:
+            await asyncio.to_thread(self.containers.start, pod, container, wiring)
         except NotFound as err:
             self._start_errors[key] = ("ErrImagePull", str(err), now_)
             return
@@ -266,11 +301,28 @@ class Agent:
         await asyncio.to_thread(shim.wait_settled, self.containers.bundle(uid, container.name), 5.0)
         self._watch_exit(uid, container.name)
 
+    def _pull_failed(self, uid: str, key: tuple[str, str], err: Exception, now_: float) -> None:
+        """Report ErrImagePull with the registry's message and back off (``restart.backoff``);
+        a pass half-way through the wait reports ImagePullBackOff, one at its end pulls again."""
+        failures = self._pull_failures[key] = self._pull_failures.get(key, 0) + 1
+        self._start_errors[key] = ("ErrImagePull", str(err), now_)
+        loop = asyncio.get_running_loop()
+        delay = backoff(failures - 1)
+        loop.call_later(delay / 2, self.poke, uid)
+        loop.call_later(delay, self.poke, uid)
+
+    def _retry_in(self, key: tuple[str, str]) -> float:
+        """Seconds after a failed start before the next try: the pull back-off after a failed
+        pull, START_RETRY otherwise."""
+        failures = self._pull_failures.get(key)
+        return backoff(failures - 1) if failures else START_RETRY
+
     def _watch_exit(self, uid: str, name: str) -> None:
         """Poke the pod when this container's supervisor exits."""
         key = (uid, name)
         if key in self._waiters and not self._waiters[key].done():
             return
+        self.oom.watch(uid, name, self.containers.cgroup(uid, name), self.containers.bundle(uid, name))
 
         async def wait() -> None:
             await shim.wait(self.containers.bundle(uid, name))
@@ -293,7 +345,9 @@ class Agent:
                 last=ContainerStateTerminated.model_validate(last) if last else None,
                 backing_off=None if wait is None else backoff(restarts)))
         started = pod.status.startTime or now()
+        ip = self.network.address_of(uid)
         want = desired_status(pod, statuses, self.config.address, started)
+        want.podIP = str(ip) if ip else want.podIP
         if same_status(pod.status, want):
             return
 
@@ -302,6 +356,7 @@ class Agent:
                 return False
             current.status = desired_status(current, statuses, self.config.address,
                                             current.status.startTime or started)
+            current.status.podIP = str(ip) if ip else current.status.podIP
             return True
         await self.pods.set_status(pod, apply)
 
@@ -332,4 +387,6 @@ class Agent:
     def _forget(self, uid: str) -> None:
         for key in [k for k in self._start_errors if k[0] == uid]:
             self._start_errors.pop(key, None)
+        for key in [k for k in self._pull_failures if k[0] == uid]:
+            self._pull_failures.pop(key, None)
 

@@ -26,13 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cgroups import fs as cgroupfs
-from ..cgroups.resources import linux_resources
+from ..cgroups.driver import detect as detect_cgroups
+from ..cgroups.resources import linux_resources, pod_limits
 from ..errors import Invalid, NotFound
 from ..models import Container, Pod
 from ..oci import shim
 from ..oci.image import ImageStore, prepare_rootfs, release_rootfs
+from ..oci.reference import should_pull
+from ..oci.registry import Settings, pull
 from ..oci.runc import Runtime
 from ..oci.spec import merge_process, runtime_spec
+from . import oom
+from .logs import rotated
 from .observed import CREATED, EXITED, RUNNING_STATE, Observed
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,10 @@ class NodeConfig:
     cgroup_parent: str = "thingdoer"
     pids_limit: int = 4096
     overlay: bool = True
+    log_max_size: int = shim.LOG_MAX_SIZE  # bytes per container log file before it rotates
+    log_max_files: int = shim.LOG_MAX_FILES  # files kept per container, the live one included
+    insecure_registries: tuple[str, ...] = ()  # host[:port] pulled from over plain HTTP
+    registry_config: Path | None = None  # a Docker config.json with registry credentials
 
     @property
     def pods_dir(self) -> Path:
@@ -69,6 +78,7 @@ class Containers:
         self.config = config
         self.runtime = Runtime(config.state_dir / "runc", config.runtime)
         self.images = ImageStore(config.images_dir / "oci")
+        self.cgroups = detect_cgroups()  # the v2 or v1 driver, by the host's mode
         config.pods_dir.mkdir(parents=True, exist_ok=True)
 
     # -- paths ---------------------------------------------------------------------------
@@ -111,9 +121,10 @@ class Containers:
         image_id = _read(bundle / IMAGE_ID)
         cid = self.container_id(uid, container)
         if files.exited:
-            start_error = None if files.created else (files.last_log_line or "the runtime failed")
+            start_error = None if files.created else (files.start_error or "the runtime failed")
             return Observed(container, cid, image_id, EXITED, files.started_at, files.finished_at,
-                            files.exit_code, start_error)
+                            files.exit_code, start_error,
+                            oom.oom_killed(self.cgroups, bundle, self.cgroup(uid), files.exit_code))
         if not files.supervisor_alive:
             # The supervisor was killed before it could record the status: the container's
             # own fate is unknown, and it is not running under supervision any more.
@@ -124,8 +135,29 @@ class Containers:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, pod: Pod, container: Container) -> None:
-        """Unpack the image, write the bundle and start the supervisor.
+    def apply_pod_cgroup(self, pod: Pod) -> None:
+        """Create ``/<parent>/pod<uid>`` with the pod's limits (``cgroups.resources.pod_limits``)
+        before any of its containers starts beneath it; idempotent."""
+        limits = pod_limits([(c.resources.requests, c.resources.limits) for c in pod.spec.containers],
+                            pod.metadata.annotations, self.config.pids_limit)
+        self.cgroups.apply(self.cgroup(pod.metadata.uid), limits)
+
+    def pull_image(self, container: Container) -> None:
+        """Pull the container's image if its imagePullPolicy says so (``oci/reference.py``);
+        NotFound when it is absent and may not be pulled."""
+        present = self.images.present(container.image)
+        if should_pull(container.imagePullPolicy, container.image, present):
+            pull(container.image, self.images, Settings.load(self.config.insecure_registries,
+                                                             self.config.registry_config),
+                 layers_dir=self.config.images_dir / "layers")
+        elif not present:
+            raise NotFound(f'image "{container.image}" is not on this node and is not pulled '
+                           f"(imagePullPolicy {container.imagePullPolicy or 'IfNotPresent'}, "
+                           "or a localhost/ image): import it with `thingdoer image import`")
+
+    def start(self, pod: Pod, container: Container, network=None) -> None:
+        """Unpack the image, write the bundle and start the supervisor. ``network`` (a
+        ``node.network.PodWiring``) names the pod's netns to join and files to bind-mount.
 
         On failure nothing of the bundle is left, so the next attempt starts clean.
         """
@@ -135,6 +167,7 @@ class Containers:
         pod_dir.mkdir(parents=True, exist_ok=True)
         meta = {"namespace": pod.metadata.namespace, "name": pod.metadata.name, "uid": uid}
         (pod_dir / "pod.json").write_text(json.dumps(meta))
+        self.apply_pod_cgroup(pod)
         bundle = self.bundle(uid, container.name)
         if bundle.exists():  # a start that died half-way: the supervisor never ran
             self._remove_bundle(uid, container.name)
@@ -147,17 +180,20 @@ class Containers:
                 args=argv, env=env, cwd=cwd, rootfs=str(bundle / "rootfs"),
                 hostname=pod.spec.hostname or pod.metadata.name,
                 cgroups_path=self.cgroup(uid, container.name),
-                resources=linux_resources(container.resources.requests, container.resources.limits,
-                                          pids_limit=self.config.pids_limit),
+                resources=linux_resources(container.resources.requests, container.resources.limits),
                 annotations={"io.kubernetes.pod.name": pod.metadata.name,
                              "io.kubernetes.pod.namespace": pod.metadata.namespace or "default",
                              "io.kubernetes.pod.uid": uid,
-                             "io.kubernetes.container.name": container.name})
+                             "io.kubernetes.container.name": container.name},
+                join_namespaces={"network": network.netns} if network and network.netns else None)
+            if network:  # node/network.py's PodWiring: the pod's /etc/hosts and resolv.conf
+                spec["mounts"] += network.mounts
             (bundle / "config.json").write_text(json.dumps(spec, indent=1))
             (bundle / IMAGE_ID).write_text(image.manifest_digest)
-            prepare_rootfs(image, self.config.images_dir / "unpacked", bundle / "rootfs",
+            prepare_rootfs(image, self.config.images_dir / "layers", bundle / "rootfs",
                            overlay=self.config.overlay)
-            shim.spawn(self.runtime, self.container_id(uid, container.name), bundle)
+            shim.spawn(self.runtime, self.container_id(uid, container.name), bundle,
+                       log_max_size=self.config.log_max_size, log_max_files=self.config.log_max_files)
         except BaseException:
             self._remove_bundle(uid, container.name)
             raise
@@ -180,9 +216,12 @@ class Containers:
         tmp = history.with_name(history.name + ".tmp")
         tmp.write_text(json.dumps({"count": count + 1, "last": last}))
         os.replace(tmp, history)
+        previous = self.previous_log_path(uid, container)
+        for old in rotated(previous):  # the run before the last one is forgotten
+            old.unlink()
         log = self.log_path(uid, container)
-        if log.exists():
-            os.replace(log, self.previous_log_path(uid, container))
+        for path in rotated(log):  # the CRI log and its rotated files keep their suffixes
+            os.replace(path, previous.with_name(previous.name + path.name[len(log.name):]))
         self._remove_bundle(uid, container)
 
     def signal(self, uid: str, container: str, signal: int) -> None:

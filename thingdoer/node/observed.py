@@ -26,6 +26,7 @@ class Observed:
     finished_at: str | None = None
     exit_code: int | None = None
     start_error: str | None = None  # the runtime's own words when the process never started
+    oom_killed: bool = False  # the run ended in an OOM kill (``oom.py`` keeps that on disk)
 
 
 def _terminated(obs: Observed) -> ContainerStateTerminated:
@@ -36,7 +37,8 @@ def _terminated(obs: Observed) -> ContainerStateTerminated:
     code = obs.exit_code if obs.exit_code is not None else 255
     return ContainerStateTerminated(
         exitCode=code, signal=code - 128 if 128 < code <= 128 + 64 else None,
-        reason="Completed" if code == 0 else "Error", startedAt=obs.started_at,
+        reason="Completed" if code == 0 else "OOMKilled" if obs.oom_killed else "Error",
+        startedAt=obs.started_at,
         finishedAt=obs.finished_at, containerID=obs.container_id)
 
 

@@ -3,7 +3,8 @@
 The layout written is the one ``skopeo``/``umoci`` read (``oci-layout``, ``index.json``,
 ``blobs/sha256/<hex>``). An image is found by its ``org.opencontainers.image.ref.name``
 annotation, which holds the full reference (``localhost/busybox:latest``); writing an image
-replaces any index entry with the same name and leaves the others alone.
+replaces any index entry with the same name and leaves the others alone (``add_to_index``, which
+``image.ImageStore`` also uses, under its lock).
 
 Promise: the busybox image is deterministic — fixed mtimes and owners, sorted entries, gzip
 mtime 0 — so rebuilding from the same ``/bin/busybox`` gives the same manifest digest.
@@ -22,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -83,7 +85,7 @@ def write_image(layout_dir: Path, ref: str, layers: list[bytes], config: dict,
     }
     manifest_bytes = _canonical(manifest)
     digest = write_blob(layout_dir, manifest_bytes)
-    _add_to_index(layout_dir, ref, {
+    add_to_index(layout_dir, ref, {
         "mediaType": MANIFEST_TYPE, "digest": digest, "size": len(manifest_bytes),
         "platform": {"architecture": config.get("architecture", goarch()),
                      "os": config.get("os", "linux")},
@@ -92,7 +94,9 @@ def write_image(layout_dir: Path, ref: str, layers: list[bytes], config: dict,
     return digest
 
 
-def _add_to_index(layout_dir: Path, ref: str, descriptor: dict) -> None:
+def add_to_index(layout_dir: Path, ref: str, descriptor: dict | None) -> None:
+    """Name ``descriptor`` ``ref`` in the layout's index.json, replacing any entry of that
+    name (``None``: only remove it). Callers that may race hold ``image.ImageStore``'s lock."""
     (layout_dir / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     index_path = layout_dir / "index.json"
     if index_path.exists():
@@ -104,14 +108,20 @@ def _add_to_index(layout_dir: Path, ref: str, descriptor: dict) -> None:
         index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": []}
     others = [m for m in index.get("manifests") or []
               if (m.get("annotations") or {}).get(REF_NAME) != ref]
-    index["manifests"] = others + [descriptor]
+    index["manifests"] = others + ([descriptor] if descriptor else [])
     _write_atomic(index_path, json.dumps(index, indent=2).encode())
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _canonical(doc: dict) -> bytes:

@@ -1,25 +1,39 @@
-"""Read images from an OCI image layout and turn them into container root filesystems.
+"""The node's image store: an OCI image layout of blobs, each layer unpacked once, and the
+per-container rootfs (an overlay over the layers).
 
-Owns: the layout on disk (``index.json``, ``blobs/sha256``), layer extraction, and the
-per-container rootfs mount (overlayfs over a shared, unpacked copy of the image).
+Owns, under the node's ``images/`` dir: ``oci/`` (an OCI image layout — ``index.json`` naming
+each image by its canonical reference in ``org.opencontainers.image.ref.name``, and
+``blobs/sha256``), ``layers/<layer digest hex>/`` (each layer unpacked once, in overlayfs'
+format: a whiteout is a 0/0 character device, an opaque dir has ``trusted.overlay.opaque=y``),
+and the safe extraction of layer tars.
 
 Promises:
-- Every blob read is checked against its sha256 digest; a mismatch is ``Invalid`` naming it.
-- ``unpack`` never writes outside the target rootfs, whatever the layers contain: absolute
-  names, ``..``, hardlinks out, device nodes and writes through a symlink that leaves the
-  rootfs are refused with ``Invalid`` naming the layer and the member. Symlinks are followed
-  the way the container will see them (an absolute target is relative to the rootfs).
-- Unpacking is all or nothing: it extracts into a hidden sibling and renames it into place, so
-  a refusal, an error or a kill leaves no rootfs behind (at most a ``.<name>.unpack-*`` dir).
-- ``prepare_rootfs`` unpacks each image once into the cache and mounts an overlay per
-  container (or copies, where overlay fails); ``release_rootfs`` undoes it and is idempotent.
+- Every blob is checked against its sha256 digest (and its descriptor's size) as it is written
+  and as it is read; a mismatch is ``Invalid`` naming it, and nothing of it is kept.
+- Nothing is ever half-written: blobs are written to a hidden ``.partial`` file and renamed
+  into place once verified, layers are unpacked into a hidden sibling and renamed, the index
+  is replaced atomically. A kill at any point leaves at most hidden leftovers ``prune`` removes.
+- Concurrent writers of one blob or one layer (threads or processes) do the work once: a
+  ``flock`` per digest, and whoever comes second finds it done.
+- Unpacking never writes outside its target, whatever the layers contain: absolute names,
+  ``..``, hardlinks out, device nodes and writes through a symlink that leaves the tree are
+  refused with ``Invalid`` naming the layer and the member. Symlinks are followed the way the
+  container will see them (an absolute target is relative to the root).
+- ``prepare_rootfs`` mounts an overlay per container over the image's layer dirs (a fresh copy
+  of the layers applied in order where overlay fails); ``release_rootfs`` undoes it, idempotent.
+
+A layer is unpacked on its own, so a member whose parent is a symlink made by a *lower* layer,
+or a hardlink to a lower layer's file, is not seen through that layer (as Docker's overlay2
+driver, which also applies each layer into its own dir); the hardlink is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import gzip
 import hashlib
 import json
@@ -27,15 +41,16 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Iterable, Iterator
 
-from thingdoer.errors import Cause, Invalid, NotFound
+from ..errors import Cause, Invalid, NotFound
+from .busybox import add_to_index, goarch
+from .reference import normalize, parse
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +64,13 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar": False,
     "application/vnd.oci.image.layer.v1.tar+gzip": True,
     "application/vnd.docker.image.rootfs.diff.tar.gzip": True,
+    "application/vnd.docker.image.rootfs.diff.tar": False,
 }
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 MAX_SYMLINKS = 40  # as the kernel's path walk
+PARTIAL = ".partial-"
 
 
 @dataclass(frozen=True)
@@ -68,45 +86,266 @@ class Image:
     layout: Path = Path()
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One named image of the store, as ``image ls`` shows it."""
+
+    name: str
+    digest: str
+    size: int       # config + layers, as stored (compressed)
+    created: str
+
+
+def pick_platform(index: dict, where: str) -> dict:
+    """The descriptor for linux/<this host's architecture> in an image index / manifest list."""
+    arch = goarch()
+    found = []
+    for desc in index.get("manifests") or []:
+        plat = desc.get("platform") or {}
+        found.append(f"{plat.get('os')}/{plat.get('architecture')}")
+        if plat.get("os") == "linux" and plat.get("architecture") == arch:
+            return desc
+    raise NotFound(f"{where} has no image for linux/{arch} (it has: "
+                   f"{', '.join(found) or 'nothing'}): use an image built for this platform")
+
+
 class ImageStore:
-    """An OCI image layout directory, read-only."""
+    """An OCI image layout directory: read it, add verified blobs, name and unname images."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    # -- reading ---------------------------------------------------------------------------
+
     def resolve(self, ref: str) -> Image:
-        """Find ``ref`` by its ref.name annotation: an exact match, or ``ref:latest``."""
-        wanted = {ref, _with_default_tag(ref)}
-        index = self._read_json(self.root / "index.json", "index.json")
-        for desc in index.get("manifests") or []:
+        """Find ``ref`` by its ref.name annotation (canonical, as given, or with ``:latest``),
+        or by its pinned digest when the manifest is in the store."""
+        wanted = {normalize(ref), ref, _with_default_tag(ref)}
+        for desc in self._index().get("manifests") or []:
             if (desc.get("annotations") or {}).get(REF_NAME) in wanted:
                 return self._load(ref, desc)
-        raise NotFound(f'image "{ref}" not found in {self.root}: build or import it first')
+        digest = _pinned_digest(ref)
+        if digest and self.has_blob(digest):
+            return self._load(ref, {"digest": digest, "mediaType": _media_type(
+                json.loads(read_blob(self.root, digest)))})
+        raise NotFound(f'image "{ref}" not found in {self.root}: pull, build or import it first')
+
+    def present(self, ref: str) -> bool:
+        try:
+            self.resolve(ref)
+            return True
+        except NotFound:
+            return False
+
+    def images(self) -> list[Listed]:
+        out = []
+        for desc in self._index().get("manifests") or []:
+            name = (desc.get("annotations") or {}).get(REF_NAME)
+            if not name:
+                continue
+            try:
+                image = self._load(name, desc)
+            except (NotFound, Invalid) as err:
+                log.warning("image %s is unreadable: %s", name, err)
+                continue
+            manifest = json.loads(read_blob(self.root, image.manifest_digest))
+            size = (manifest["config"].get("size", 0)
+                    + sum(layer.get("size", 0) for layer in manifest.get("layers", [])))
+            out.append(Listed(name, image.manifest_digest, size, image.config.get("created", "")))
+        return sorted(out, key=lambda i: i.name)
+
+    def has_blob(self, digest: str) -> bool:
+        return _blob_path(self.root, digest).is_file()
+
+    def remove_blob(self, digest: str) -> None:
+        _blob_path(self.root, digest).unlink(missing_ok=True)
 
     def _load(self, ref: str, desc: dict) -> Image:
         digest, media_type = desc.get("digest", ""), desc.get("mediaType", "")
         if media_type in INDEX_TYPES:
-            raise Invalid(Cause("image", f'"{ref}" in {self.root} is a multi-platform index '
-                                         f"({digest}): copy a single platform "
-                                         "(skopeo copy without --all)"))
+            desc = pick_platform(json.loads(read_blob(self.root, digest)), f'"{ref}" ({digest})')
+            digest = desc.get("digest", "")
         manifest = json.loads(read_blob(self.root, digest))
         config = json.loads(read_blob(self.root, manifest["config"]["digest"]))
         layers = [(layer["digest"], layer["mediaType"]) for layer in manifest.get("layers", [])]
-        for layer_digest, layer_type in layers:
-            if layer_type not in LAYER_TYPES:
-                raise Invalid(Cause("image", f'"{ref}" layer {layer_digest} has media type '
-                                             f"{layer_type}; supported: {sorted(LAYER_TYPES)}"))
+        check_layer_types(ref, layers)
         return Image(ref=ref, manifest_digest=digest, config=config, layers=layers,
                      layout=self.root)
 
-    def _read_json(self, path: Path, what: str) -> dict:
+    def _index(self) -> dict:
+        path = self.root / "index.json"
         try:
             return json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise NotFound(f"no OCI image layout at {self.root} ({what} missing): "
-                           "build or import an image there first") from err
+        except FileNotFoundError:
+            return {}
         except ValueError as err:
-            raise Invalid(Cause(str(path), f"not valid JSON ({err})")) from err
+            raise Invalid(Cause(str(path), f"not valid JSON ({err}): fix or remove it")) from err
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive ``flock`` named ``name``, across threads and processes."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def put_blob(self, data: bytes, digest: str | None = None) -> str:
+        """Store ``data`` (checked against ``digest`` when given); return its digest."""
+        digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
+        self.ingest(digest, len(data), lambda: iter([data]))
+        return digest
+
+    def ingest(self, digest: str, size: int | None, chunks: Callable[[], Iterable[bytes]],
+               progress: Callable[[int], None] | None = None) -> bool:
+        """Make blob ``digest`` present, reading it from ``chunks()`` only if it is missing;
+        True when this call wrote it. Verified against ``digest`` and ``size`` before it
+        becomes visible; a concurrent ingest of the same digest waits and then finds it."""
+        path = _blob_path(self.root, digest)
+        if path.is_file():
+            return False
+        with self.lock(digest.split(":", 1)[1]):
+            if path.is_file():
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{PARTIAL}", dir=path.parent)
+            try:
+                sha, n = hashlib.sha256(), 0
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in chunks():
+                        n += len(chunk)
+                        if size is not None and n > size:
+                            raise Invalid(Cause(f"blob {digest}", f"longer than its descriptor's "
+                                                                  f"size {size}: refused"))
+                        sha.update(chunk)
+                        out.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+                if size is not None and n != size:
+                    raise Invalid(Cause(f"blob {digest}", f"{n} bytes, but its descriptor says "
+                                                          f"{size}: truncated; pull again"))
+                if "sha256:" + sha.hexdigest() != digest:
+                    raise Invalid(Cause(f"blob {digest}", f"content has digest sha256:"
+                                                          f"{sha.hexdigest()}: refused"))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+                return True
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+
+    def tag(self, name: str, descriptor: dict) -> None:
+        """Name the manifest ``descriptor`` ``name`` (replacing what had that name)."""
+        with self.lock("index"):
+            add_to_index(self.root, name, {**descriptor, "annotations": {
+                **(descriptor.get("annotations") or {}), REF_NAME: name}})
+
+    def untag(self, ref: str) -> str:
+        """Remove the name ``ref``; return the manifest digest it named. Blobs stay until
+        ``prune``."""
+        with self.lock("index"):
+            names = {normalize(ref), ref, _with_default_tag(ref)}
+            for desc in self._index().get("manifests") or []:
+                name = (desc.get("annotations") or {}).get(REF_NAME)
+                if name in names:
+                    add_to_index(self.root, name, None)
+                    return desc.get("digest", "")
+        raise NotFound(f'image "{ref}" not found in {self.root}: see `thingdoer image ls`')
+
+    def prune(self, layers_dir: Path | None, keep: set[str] = frozenset()) -> tuple[int, int]:
+        """Remove every blob and unpacked layer no named image (nor a manifest in ``keep``,
+        e.g. one a container runs from) reaches, and hidden leftovers of interrupted writes.
+        Returns (entries removed, bytes of blobs freed)."""
+        with self.lock("index"):
+            roots = {d.get("digest", "") for d in self._index().get("manifests") or []}
+            reachable: set[str] = set()
+            for digest in roots | set(keep):
+                reachable |= self._reachable(digest)
+            removed = freed = 0
+            blobs = self.root / "blobs" / "sha256"
+            for path in blobs.iterdir() if blobs.is_dir() else []:
+                name = path.name.split(PARTIAL)[0].lstrip(".")
+                if f"sha256:{name}" in reachable and PARTIAL not in path.name:
+                    continue
+                if PARTIAL in path.name and not self._idle(name):
+                    continue  # being written right now
+                freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+                removed += 1
+            if layers_dir is not None and Path(layers_dir).is_dir():
+                for path in Path(layers_dir).iterdir():
+                    name = path.name.lstrip(".").split(".unpack-")[0]
+                    if path.name.startswith(".lock-"):
+                        continue
+                    if f"sha256:{name}" not in reachable and _idle_layer(layers_dir, name):
+                        _remove(str(path))
+                        removed += 1
+            return removed, freed
+
+    def _reachable(self, digest: str) -> set[str]:
+        """``digest`` and every blob it references (index → manifests → config and layers)."""
+        if not self.has_blob(digest):
+            return set()
+        out = {digest}
+        try:
+            doc = json.loads(_blob_path(self.root, digest).read_bytes())
+        except ValueError:
+            return out
+        if not isinstance(doc, dict):
+            return out
+        for desc in doc.get("manifests") or []:
+            out |= self._reachable(desc.get("digest", ""))
+        for desc in [doc.get("config") or {}] + list(doc.get("layers") or []):
+            if desc.get("digest"):
+                out.add(desc["digest"])
+        return out
+
+    def _idle(self, hexdigest: str) -> bool:
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return _try_lock(locks / f"{hexdigest}.lock")
+
+
+def _try_lock(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _idle_layer(layers_dir: Path, hexdigest: str) -> bool:
+    return _try_lock(Path(layers_dir) / f".lock-{hexdigest}")
+
+
+def check_layer_types(ref: str, layers: list[tuple[str, str]]) -> None:
+    for layer_digest, layer_type in layers:
+        if layer_type not in LAYER_TYPES:
+            raise Invalid(Cause("image", f'"{ref}" layer {layer_digest} has media type '
+                                         f"{layer_type}; supported: {sorted(LAYER_TYPES)}"))
+
+
+def _media_type(doc: dict) -> str:
+    if doc.get("mediaType"):
+        return doc["mediaType"]
+    return ("application/vnd.oci.image.index.v1+json" if "manifests" in doc
+            else "application/vnd.oci.image.manifest.v1+json")
+
+
+def _pinned_digest(ref: str) -> str | None:
+    try:
+        return parse(ref).digest
+    except Invalid:
+        return None
 
 
 def _with_default_tag(ref: str) -> str:
@@ -181,7 +420,10 @@ def _unpack(image: Image, rootfs: Path) -> None:
         raise
 
 
-def _apply_layer(layout: Path, digest: str, media_type: str, root: Path) -> None:
+def _apply_layer(layout: Path, digest: str, media_type: str, root: Path,
+                 *, overlay: bool = False) -> None:
+    """Extract one layer into ``root``: applied onto what is there (whiteouts delete), or,
+    with ``overlay``, into an empty dir in overlayfs' format (whiteouts recorded)."""
     path = _blob_path(layout, digest)
     try:
         raw = open(path, "rb")
@@ -190,7 +432,7 @@ def _apply_layer(layout: Path, digest: str, media_type: str, root: Path) -> None
     with raw:
         hashing = _HashingReader(raw)
         stream = gzip.GzipFile(fileobj=hashing, mode="rb") if LAYER_TYPES[media_type] else hashing
-        layer = _Layer(digest, root)
+        layer = _Layer(digest, root, overlay=overlay)
         try:
             # "r|": a forward-only stream, so the digest covers exactly what was extracted.
             with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -214,8 +456,8 @@ def _digest_mismatch(path: Path, digest: str) -> Invalid:
 class _Layer:
     """Applies one layer's members to ``root``, refusing anything that could escape it."""
 
-    def __init__(self, digest: str, root: Path):
-        self.digest, self.root = digest, str(root)
+    def __init__(self, digest: str, root: Path, *, overlay: bool = False):
+        self.digest, self.root, self.overlay = digest, str(root), overlay
         self.written: set[str] = set()  # rootfs-relative paths this layer created
         self.dir_times: list[tuple[str, int]] = []  # applied last: writing children moves them
 
@@ -232,13 +474,19 @@ class _Layer:
         parent = self._resolve(parts[:-1], m.name, create=True)
         target = os.path.join(parent, base)
         if base == OPAQUE:
-            self._make_opaque(parent)
+            if self.overlay:
+                os.setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+            else:
+                self._make_opaque(parent)
             return
         if base.startswith(WHITEOUT):
             victim = base[len(WHITEOUT):]
-            if victim in ("", ".", ".."):
+            if victim in ("", ".", "..") or "/" in victim:
                 raise self.refuse(m.name, "whiteout of an invalid name")
             _remove(os.path.join(parent, victim))
+            if self.overlay:  # overlayfs' whiteout: a 0/0 character device
+                os.mknod(os.path.join(parent, victim), stat.S_IFCHR | 0o600, os.makedev(0, 0))
+                self.written.add(os.path.relpath(os.path.join(parent, victim), self.root))
             return
         if m.ischr() or m.isblk():
             raise self.refuse(m.name, "device nodes are not allowed in images")
@@ -390,42 +638,62 @@ def _side_paths(rootfs: Path) -> tuple[Path, Path, Path]:
             rootfs.with_name(rootfs.name + ".mount"))
 
 
-def prepare_rootfs(image: Image, cache_dir: Path, rootfs: Path, *, overlay: bool = True) -> str:
+def unpack_layer(image: Image, digest: str, media_type: str, layers_dir: Path) -> Path:
+    """``layers_dir/<hex>``: the layer unpacked in overlayfs' format, once. Concurrent callers
+    wait on a ``flock`` and find it done; an interrupted unpack leaves only a hidden dir."""
+    layers_dir = Path(layers_dir)
+    hexdigest = _blob_path(image.layout, digest).name
+    target = layers_dir / hexdigest
+    if target.is_dir():
+        return target
+    layers_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layers_dir / f".lock-{hexdigest}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{hexdigest}.unpack-", dir=layers_dir))
+            try:
+                os.chmod(tmp, 0o755)
+                _apply_layer(image.layout, digest, media_type, tmp, overlay=True)
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    finally:
+        os.close(fd)
+    return target
+
+
+def prepare_rootfs(image: Image, layers_dir: Path, rootfs: Path, *, overlay: bool = True) -> str:
     """Give a container its own writable ``rootfs`` of ``image``; return "overlay" or "copy".
 
-    The image is unpacked once into ``cache_dir/<manifest hex>`` (shared, never written after)
-    and mounted read-only under an overlay whose upper/work dirs sit next to ``rootfs``. When the
-    overlay mount fails (or ``overlay`` is false) the cached tree is copied instead. A marker file
-    ``<rootfs>.mount`` records which, so ``release_rootfs`` knows what to undo.
+    Each layer is unpacked once into ``layers_dir/<layer hex>`` (shared, never written after)
+    and the layers are mounted read-only under an overlay whose upper/work dirs sit next to
+    ``rootfs``. When the overlay mount fails (or ``overlay`` is false) the layers are applied in
+    order into ``rootfs`` itself instead. A marker file ``<rootfs>.mount`` records which, so
+    ``release_rootfs`` knows what to undo.
     """
-    rootfs, cache_dir = Path(rootfs), Path(cache_dir)
-    lower = cache_dir / image.manifest_digest.split(":", 1)[-1]
-    if not lower.is_dir():
-        try:
-            _unpack(image, lower)
-        except OSError as err:  # another thread renamed its unpack into place first
-            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not lower.is_dir():
-                raise
+    rootfs, layers_dir = Path(rootfs), Path(layers_dir)
     upper, work, marker = _side_paths(rootfs)
-    rootfs.mkdir(parents=True, exist_ok=True)
     if overlay:
+        lowers = [unpack_layer(image, d, t, layers_dir) for d, t in image.layers]
+        if not lowers:  # overlayfs needs a lower dir
+            lowers = [layers_dir / "empty"]
+            lowers[0].mkdir(parents=True, exist_ok=True)
+        rootfs.mkdir(parents=True, exist_ok=True)
         upper.mkdir(exist_ok=True)
         work.mkdir(exist_ok=True)
         try:
-            _mount("overlay", rootfs, "overlay",
-                   f"lowerdir={lower},upperdir={upper},workdir={work}")
+            # lowerdir lists the top layer first.
+            _mount("overlay", rootfs, "overlay", f"lowerdir={':'.join(map(str, reversed(lowers)))}"
+                                                 f",upperdir={upper},workdir={work}")
             marker.write_text("overlay\n")
             return "overlay"
         except OSError as err:
             log.warning("overlay mount failed, copying the rootfs instead: %s", err)
             shutil.rmtree(upper)
             shutil.rmtree(work)
-    # cp -a, not shutil.copytree: it keeps owners and hardlinks.
-    cp = subprocess.run(["cp", "-a", "--reflink=auto", f"{lower}/.", str(rootfs)],
-                        capture_output=True, text=True)
-    if cp.returncode != 0:
-        shutil.rmtree(rootfs, ignore_errors=True)
-        raise OSError(errno.EIO, f"copying {lower} failed: {cp.stderr.strip()}", str(rootfs))
+    _unpack(image, rootfs)
     marker.write_text("copy\n")
     return "copy"
 

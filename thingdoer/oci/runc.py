@@ -1,17 +1,19 @@
 """The only module that runs the OCI runtime binary (runc; crun speaks the same CLI).
 
-Every call is synchronous (callers run them in a thread) and passes ``--root``, so a node's
-containers live in a state directory of its own. Failures become ``Unavailable`` carrying the
+Every call is synchronous (callers run them in a thread; ``exec`` is the one coroutine) and
+passes ``--root``, so a node's containers live in a state directory of its own. Failures become ``Unavailable`` carrying the
 command and runc's own words; a container that does not exist is ``None`` from ``state``,
 ``NotFound`` from ``kill`` and fine for ``delete``.
 
-``spawn_run`` starts ``runc run`` in the foreground: runc stays the container's parent and exits
-with its status (128+N for a death by signal N). It runs in a session of its own with no
-parent-death signal, so it and the container outlive the Python process that started it.
+The shim (``shim.py``) runs ``run --detach`` and ``delete`` with the argvs built here: it gets
+its command lines from this module and never names the runtime itself. ``spawn_run`` starts
+``runc run`` in the foreground (raw runs, for tests and the bench): runc stays the container's
+parent and exits with its status (128+N for a death by signal N), in a session of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -22,7 +24,8 @@ from pathlib import Path
 from thingdoer.errors import NotFound, Unavailable
 
 CALL_TIMEOUT = 60  # seconds; state/kill/delete/list return in milliseconds when runc is healthy
-_NOT_EXIST = "does not exist"
+# runc says "does not exist"; crun fails to open the container's state file.
+_NOT_EXIST = ("does not exist", "/status`: No such file or directory")
 _NOT_RUNNING = "not running"
 _LOGRUS_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
@@ -53,9 +56,31 @@ class Runtime:
             os.close(log_fd)
 
     def run_argv(self, container_id: str, bundle: Path, pid_file: Path) -> list[str]:
-        """The foreground ``run`` command line, for a supervisor to execute (``shim.py``)."""
+        """The foreground ``run`` command line (raw runtime runs: tests and bench)."""
         return self._argv("run", "--bundle", str(bundle), "--pid-file", str(pid_file),
                           "--no-new-keyring", container_id)
+
+    # The shim (``shim.py``) executes these two: run detached (create and start in one call;
+    # the container keeps the shim's pipes as stdio), and delete once the init has exited
+    # (``--force`` also undoes a container that never started).
+    def run_detached_argv(self, container_id: str, bundle: Path, pid_file: Path) -> list[str]:
+        return self._argv("run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
+                          "--no-new-keyring", container_id)
+
+    def delete_argv(self, container_id: str) -> list[str]:
+        return self._argv("delete", "--force", container_id)
+
+    async def exec(self, container_id: str, argv: list[str]):
+        """Start ``argv`` in the running container (``runc exec``); an asyncio process with
+        stdout/stderr pipes (killed if the caller goes away: unlike a container, an exec
+        belongs to its caller)."""
+        cmd = self._argv("exec", container_id, *argv)
+        try:
+            return await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+        except OSError as err:
+            raise Unavailable(f"{' '.join(cmd)}: {err}: is {self.binary} installed?") from err
 
     def state(self, container_id: str) -> dict | None:
         """runc's state JSON (``status``, ``pid``, ``bundle``...), or None if it doesn't exist."""
@@ -102,7 +127,7 @@ class Runtime:
             raise Unavailable(f"{cmd}: {err}") from err
         if proc.returncode != 0:
             message = _runc_message(proc.stderr) or f"exit status {proc.returncode}"
-            if _NOT_EXIST in message or (not_found and not_found in message):
+            if any(m in message for m in _NOT_EXIST) or (not_found and not_found in message):
                 raise NotFound(f"{cmd}: {message}")
             raise Unavailable(f"{cmd}: {message}")
         return proc.stdout
