@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from thingdoer.cgroups import fs as cgroupfs  # noqa: E402
 from thingdoer.oci import shim  # noqa: E402
 from thingdoer.oci.busybox import build_busybox_image  # noqa: E402
-from thingdoer.oci.image import ImageStore, prepare_rootfs, release_rootfs  # noqa: E402
+from thingdoer.oci.image import ImageStore, release_rootfs  # noqa: E402
 from thingdoer.oci.runc import Runtime  # noqa: E402
-from thingdoer.oci.spec import runtime_spec  # noqa: E402
+from shim_start import bundle as make_bundle  # noqa: E402  (the same bundles as that bench)
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -54,11 +54,7 @@ def main() -> None:
     shims, raws = [], []
     try:
         for i in range(2 * args.n):
-            bundle = tmp / f"c{i}"
-            prepare_rootfs(image, tmp / "cache", bundle / "rootfs")
-            spec = runtime_spec(args=["sleep", "1000"], env=["PATH=/bin"], cwd="/", rootfs="rootfs",
-                                hostname=f"c{i}", cgroups_path=f"/{cgroup_parent}/c{i}", resources=None)
-            (bundle / "config.json").write_text(json.dumps(spec))
+            bundle = make_bundle(tmp, image, f"c{i}", ["sleep", "1000"], cgroup_parent)
             bundles.append(bundle)
             if i < args.n:
                 assert shim.spawn(runtime, f"c{i}", bundle).pid

@@ -7,6 +7,8 @@ Everything started here is stopped by its pid at teardown; data lives in the tes
 
 from __future__ import annotations
 
+import contextlib
+
 import base64
 import http.server
 import io
@@ -194,3 +196,15 @@ def layered_image(layout: Path, ref: str = "layered:v1", *, marker: str = "one")
     config = {"architecture": goarch(), "os": "linux",
               "config": {"Env": [DEFAULT_PATH], "Cmd": ["sh"]}}
     return write_image(layout, ref, [busybox_layer(), layer1, layer2], config)
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, source: Path, *, token_auth: bool = False):
+    """A registry started in ``tmp`` holding ``layered:v1`` of ``source`` as
+    ``test/layered:v1``; stopped on exit, even after a failure."""
+    reg = start_registry(tmp, token_auth=token_auth)
+    try:
+        reg.push(source, "layered:v1", "test/layered:v1")
+        yield reg
+    finally:
+        reg.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import needs_etcd, needs_root, needs_runc, pod_manifest, wait_until
-from .registry_helpers import layered_image, needs_registry, start_registry
+from .registry_helpers import layered_image, needs_registry, serving, start_registry
 
 pytestmark = [needs_registry]
 
@@ -27,12 +27,8 @@ def source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, source):
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        reg.push(source, "layered:v1", "test/layered:v1")
+    with serving(tmp_path_factory.mktemp("registry"), source) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 def thingdoer(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from thingdoer.oci.image import REF_NAME, ImageStore, prepare_rootfs, release_ro
 from thingdoer.oci.registry import Settings, import_path, parse_challenge, pull
 
 from .conftest import needs_root
-from .registry_helpers import (PASSWORD, USER, layered_image, needs_registry, start_registry,
+from .registry_helpers import (PASSWORD, USER, layered_image, needs_registry, serving, start_registry,
                                tar_of)
 
 pytestmark = needs_registry
@@ -93,12 +93,8 @@ def source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, source):
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        reg.push(source, "layered:v1", "test/layered:v1")
+    with serving(tmp_path_factory.mktemp("registry"), source) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture(scope="module")

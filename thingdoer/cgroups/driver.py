@@ -75,8 +75,14 @@ class Driver:
         raise NotImplementedError
 
     def usage(self, path: str) -> Usage | None:
-        """None when the cgroup does not exist."""
-        raise NotImplementedError
+        """Every figure of ``path``; None when the cgroup does not exist."""
+        if not self.exists(path):
+            self.forget(path)
+            return None
+        u = Usage()
+        for reader in (self._cpu, self._memory, self._pids, self._io, self._pressure):
+            self._collect(u, reader, path)
+        return u
 
     def oom_kills(self, path: str) -> int:
         raise NotImplementedError

@@ -70,15 +70,6 @@ class V1(Driver):
             for key, value in io.limits.items():
                 w("blkio", _IO_FILES[key], f"{io.device} {value}")
 
-    def usage(self, path: str) -> Usage | None:
-        if not self.exists(path):
-            self.forget(path)
-            return None
-        u = Usage()
-        for reader in (self._cpu, self._memory, self._pids, self._io, self._pressure):
-            self._collect(u, reader, path)
-        return u
-
     def _get(self, parser, controller: str, path: str, name: str, *, static: bool = False):
         """``name`` of ``path`` in ``controller``'s hierarchy, parsed; limits read once."""
         file = self._file(controller, path, name)

@@ -52,15 +52,6 @@ class V2(Driver):
         for io in limits.io_max:
             w("io.max", f"{io.device} " + " ".join(f"{k}={v}" for k, v in io.limits.items()))
 
-    def usage(self, path: str) -> Usage | None:
-        if not self.exists(path):
-            self.forget(path)
-            return None
-        u = Usage()
-        for reader in (self._cpu, self._memory, self._pids, self._io, self._pressure):
-            self._collect(u, reader, path)
-        return u
-
     def _read(self, path: str, name: str) -> str:
         return self.fs.read(self._file(path, name))
 
