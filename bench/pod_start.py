@@ -57,7 +57,10 @@ def pod(name: str, command: list[str]) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
         "restartPolicy": "Never", "terminationGracePeriodSeconds": 0,
         "containers": [{"name": "main", "image": "localhost/busybox:latest", "command": command,
-                        "resources": {"limits": {"cpu": "100m", "memory": "32Mi"}}}]}}
+                        # cpu as a request (shares), not a limit: a 100m quota on the pod cgroup
+                        # throttles runc's own init too (~10 ms of cpu per 100 ms), which would
+                        # measure the throttle, not thingdoer (both sides would be ~100 ms).
+                        "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "32Mi"}}}]}}
 
 
 class Watcher(threading.Thread):
