@@ -10,25 +10,19 @@ Needs root and the runtime. Usage: bench/shim_rss.py [-n 10] [--runtime runc]
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from thingdoer.cgroups import fs as cgroupfs  # noqa: E402
 from thingdoer.oci import shim  # noqa: E402
-from thingdoer.oci.busybox import build_busybox_image  # noqa: E402
-from thingdoer.oci.image import ImageStore, release_rootfs  # noqa: E402
-from thingdoer.oci.runc import Runtime  # noqa: E402
-from shim_start import bundle as make_bundle  # noqa: E402  (the same bundles as that bench)
+from thingdoer.oci.image import release_rootfs  # noqa: E402
+from shim_start import bundle as make_bundle, setup  # noqa: E402  (the same set-up as that bench)
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -41,15 +35,7 @@ def memory_kib(pid: int) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=10)
-    parser.add_argument("--runtime", default="runc")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="thingdoer-bench-"))
-    cgroup_parent = f"thingdoer-bench-{uuid.uuid4().hex[:8]}"
-    runtime = Runtime(tmp / "root", args.runtime)
-    build_busybox_image(tmp / "oci")
-    image = ImageStore(tmp / "oci").resolve("localhost/busybox:latest")
+    args, tmp, cgroup_parent, runtime, image = setup(10)
     bundles, procs = [], []
     shims, raws = [], []
     try:

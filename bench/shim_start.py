@@ -54,16 +54,21 @@ def reset(path: Path) -> None:
         (path / name).unlink(missing_ok=True)
 
 
-def main() -> None:
+def setup(default_n: int):
+    """(args, scratch dir, cgroup parent, runtime, busybox image): what both shim benches use."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("-n", type=int, default=30)
+    parser.add_argument("-n", type=int, default=default_n)
     parser.add_argument("--runtime", default="runc")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="thingdoer-bench-"))
-    cgroup_parent = f"thingdoer-bench-{uuid.uuid4().hex[:8]}"
     runtime = Runtime(tmp / "root", args.runtime)
     build_busybox_image(tmp / "oci")
     image = ImageStore(tmp / "oci").resolve("localhost/busybox:latest")
+    return args, tmp, f"thingdoer-bench-{uuid.uuid4().hex[:8]}", runtime, image
+
+
+def main() -> None:
+    args, tmp, cgroup_parent, runtime, image = setup(30)
     sleeper = bundle(tmp, image, "sleeper", ["sleep", "1000"], cgroup_parent)
     quick = bundle(tmp, image, "quick", ["true"], cgroup_parent)
     results: dict[str, list[float]] = {k: [] for k in ("shim_start", "runtime_run_detach",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import needs_etcd, needs_root, needs_runc, pod_manifest, wait_until
-from .registry_helpers import layered_image, needs_registry, serving, start_registry
+from .registry_helpers import layered_image, needs_registry, serving
 
 pytestmark = [needs_registry]
 

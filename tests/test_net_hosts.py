@@ -366,7 +366,7 @@ def test_flannel_mode_wires_pods_on_flanneld_subnet(net):
 
 
 def test_a_restarted_agent_keeps_its_lease_and_addresses_and_cleans_leftovers(net):
-    cluster, topo = net, net.topo
+    cluster = net
     put_config(cluster, "host-gw")
     one = {"h1": HOSTS["h1"]}
     start_hosts(cluster, one)
@@ -396,7 +396,7 @@ def test_a_restarted_agent_keeps_its_lease_and_addresses_and_cleans_leftovers(ne
 
 def test_a_node_out_of_pod_addresses_says_so_in_the_pod_status(net):
     """A /30 node subnet holds one pod: the second one is not started and its status says why."""
-    cluster, topo = net, net.topo
+    cluster = net
 
     async def put():
         async with Store(cluster.etcd.endpoint) as store:

@@ -1,6 +1,5 @@
 """Pure unit tests of node-side logic: observed status, log tails, cgroup limits, allocatable."""
 
-import asyncio
 
 import pytest
 

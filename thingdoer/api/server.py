@@ -27,7 +27,7 @@ from ..cluster.registry import Nodes, Pods, Registry
 from ..cluster.store import Store
 from ..serving import serve_http
 from ..errors import BadRequest, Conflict, Gone, Invalid, NotFound, ThingdoerError, Unavailable
-from ..models import Node, NodeList, Pod, PodList, admit_pod, is_terminal, now, parse_object
+from ..models import NodeList, Pod, PodList, admit_pod, now, parse_object
 from ..models import streams
 from ..models.streams import MEDIA_TYPE as EXEC_MEDIA
 from . import discovery, metrics, tables
