@@ -102,7 +102,10 @@ def wait_exit(bundle: Path) -> tuple[int | None, int | None]:
 
 
 def test_output_becomes_cri_records_and_the_exit_code_an_exit_file(bundles):
-    bundle, started = bundles.start("c1", ["sh", "-c", "echo out; echo err >&2; printf tail; exit 3"])
+    # The sleep keeps this test about records and codes: a container that exits within
+    # milliseconds of `crun run --detach` was once reported 255 in the v2 VM (a known crun
+    # race, see "Known issues" in docs/architecture.md); runc has never shown it.
+    bundle, started = bundles.start("c1", ["sh", "-c", "sleep 0.2; echo out; echo err >&2; printf tail; exit 3"])
     assert started.pid and started.pid > 0 and not started.error
     assert wait_exit(bundle) == (3, None)
     got = records(bundle)
