@@ -306,6 +306,21 @@ def test_vxlan_pods_reach_each_other_like_flannel(net):
     check_teardown(cluster, ["server", "client"])
 
 
+
+def refused_start(cluster, topo) -> str:
+    """Start a builtin-mode workerd on h1 that must refuse to run; its log, which must hold
+    one line of error, not a stack."""
+    cluster.add_worker("node-1", netns=topo.ns("h1"), wait=False, network=[], extra_args=[
+        "--address", HOSTS["h1"], "--public-ip", HOSTS["h1"], "--network-mode", "builtin",
+        "--subnet-env", str(cluster.tmp / "h1-subnet.env")])
+    proc = cluster.procs["workerd-node-1"]
+    proc.wait(30)
+    assert proc.returncode != 0
+    log = cluster.log("workerd-node-1")
+    assert "Traceback" not in log
+    return log
+
+
 def test_subnet_exhaustion_is_reported_not_looped_on(net):
     """A /28 holds three /30 node subnets: a fourth node's workerd exits with a clear error."""
     cluster, topo = net, net.topo
@@ -317,14 +332,7 @@ def test_subnet_exhaustion_is_reported_not_looped_on(net):
                 await store.put(FlannelKeys().subnet(subnet),
                                 f'{{"PublicIP":"192.168.250.{100 + i}","BackendType":"host-gw"}}'.encode())
     asyncio.run(put())
-    cluster.add_worker("node-1", netns=topo.ns("h1"), wait=False, network=[], extra_args=[
-        "--address", HOSTS["h1"], "--public-ip", HOSTS["h1"], "--network-mode", "builtin",
-        "--subnet-env", str(cluster.tmp / "h1-subnet.env")])
-    proc = cluster.procs["workerd-node-1"]
-    proc.wait(30)
-    assert proc.returncode != 0
-    assert "no free subnet: all 3 /30 subnets of 10.9.0.0/28" in cluster.log("workerd-node-1")
-    assert "Traceback" not in cluster.log("workerd-node-1")  # one line, not a stack
+    assert "no free subnet: all 3 /30 subnets of 10.9.0.0/28" in refused_start(cluster, topo)
 
 
 def test_a_network_overlapping_the_hosts_own_is_refused(net):
@@ -334,14 +342,7 @@ def test_a_network_overlapping_the_hosts_own_is_refused(net):
         async with Store(cluster.etcd.endpoint) as store:
             await store.put(FlannelKeys().config(), b'{"Network":"192.168.0.0/16","Backend":{"Type":"host-gw"}}')
     asyncio.run(put())
-    cluster.add_worker("node-1", netns=topo.ns("h1"), wait=False, network=[], extra_args=[
-        "--address", HOSTS["h1"], "--public-ip", HOSTS["h1"], "--network-mode", "builtin",
-        "--subnet-env", str(cluster.tmp / "h1-subnet.env")])
-    proc = cluster.procs["workerd-node-1"]
-    proc.wait(30)
-    assert proc.returncode != 0
-    assert "192.168.0.0/16 overlaps 192.168.250.0/24" in cluster.log("workerd-node-1")
-    assert "Traceback" not in cluster.log("workerd-node-1")  # one line, not a stack
+    assert "192.168.0.0/16 overlaps 192.168.250.0/24" in refused_start(cluster, topo)
     assert leases(cluster) == {}
 
 

@@ -68,27 +68,33 @@ def node_rows(all_stats: list[dict], capacity: dict[str, tuple[float, int]]) -> 
     return sorted(rows, key=lambda r: r["name"])
 
 
-def pods_table(rows: list[dict], bars: bool) -> Table:
+def _table(*columns: str) -> Table:
     t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("NAMESPACE", "NAME", "CPU(cores)", "CPU/LIMIT", "MEMORY", "MEMORY/LIMIT", "PIDS"):
+    for col in columns:
         t.add_column(col)
+    return t
+
+
+def _share(used, whole, bars: bool) -> str:
+    """used/whole as a bar (live view) or a percentage."""
+    pct = percent(used, whole)
+    return bar(pct) if bars else _pct(pct)
+
+
+def pods_table(rows: list[dict], bars: bool) -> Table:
+    t = _table("NAMESPACE", "NAME", "CPU(cores)", "CPU/LIMIT", "MEMORY", "MEMORY/LIMIT", "PIDS")
     for r in rows:
-        cpu_pct, mem_pct = percent(r["cpu"], r["cpu_limit"]), percent(r["memory"], r["memory_limit"])
-        t.add_row(r["namespace"], r["name"], cores(r["cpu"]),
-                  bar(cpu_pct) if bars else _pct(cpu_pct), mib(r["memory"]),
-                  bar(mem_pct) if bars else _pct(mem_pct),
+        t.add_row(r["namespace"], r["name"], cores(r["cpu"]), _share(r["cpu"], r["cpu_limit"], bars),
+                  mib(r["memory"]), _share(r["memory"], r["memory_limit"], bars),
                   f"{r['pids'] if r['pids'] is not None else '-'}/{r['pids_limit'] or 'max'}")
     return t
 
 
 def nodes_table(rows: list[dict], bars: bool) -> Table:
-    t = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("NAME", "CPU(cores)", "CPU%", "MEMORY", "MEMORY%", "PODS", "CGROUPS"):
-        t.add_column(col)
+    t = _table("NAME", "CPU(cores)", "CPU%", "MEMORY", "MEMORY%", "PODS", "CGROUPS")
     for r in rows:
-        cpu_pct, mem_pct = percent(r["cpu"], r["cpu_capacity"]), percent(r["memory"], r["memory_capacity"])
-        t.add_row(r["name"], cores(r["cpu"]), bar(cpu_pct) if bars else _pct(cpu_pct), mib(r["memory"]),
-                  bar(mem_pct) if bars else _pct(mem_pct), str(r["pods"]), r["cgroup_mode"] or "-")
+        t.add_row(r["name"], cores(r["cpu"]), _share(r["cpu"], r["cpu_capacity"], bars), mib(r["memory"]),
+                  _share(r["memory"], r["memory_capacity"], bars), str(r["pods"]), r["cgroup_mode"] or "-")
     return t
 
 

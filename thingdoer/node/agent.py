@@ -362,7 +362,7 @@ class Agent:
 
     async def _stop(self, uid: str, grace: int) -> None:
         """SIGTERM every running container of the pod, SIGKILL what is left after ``grace``."""
-        names = [b for b in await asyncio.to_thread(self._bundles, uid)]
+        names = await asyncio.to_thread(self._bundles, uid)
         running = [n for n in names if (o := self.containers.observe(uid, n)) and o.state != EXITED]
         if not running:
             return
